@@ -1,0 +1,259 @@
+# coding=utf-8
+"""Batched linear-chain CRF for ITA, with BIO decoding constraints and a numpy decoder.
+
+This file is remote code: it is copied into every checkpoint, so it imports only torch and numpy.
+
+Conventions shared by every function here:
+    emissions: `(batch, words, num_tags)` scores of each tag at each word.
+    mask: `(batch, words)` bool, True on real words. Words are left-aligned: a sentence of length n
+        occupies positions `0..n-1`. A sentence of length 0 has log-partition 0 and decodes to nothing.
+    transitions[i, j]: score of moving from tag i to tag j.
+"""
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+# Added to forbidden transitions when decoding. Finite, so that sums never produce NaN (inf - inf).
+FORBIDDEN_SCORE = -10000.0
+PAD_TAG = -100
+
+
+def bio_transition_constraints(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which transitions keep a tag sequence valid BIO.
+
+    `I-X` may only follow `B-X` or `I-X`, so `O → I-X`, `B-X → I-Y` and `I-X → I-Y` (X ≠ Y) are forbidden,
+    and so is starting a sentence on `I-X`.
+
+    Args:
+        labels: the tags in id order (`O`, `B-X`, `I-X`).
+
+    Returns:
+        `allowed` `(num_tags, num_tags)` bool (from, to) and `allowed_start` `(num_tags,)` bool.
+    """
+    num_tags = len(labels)
+    allowed = torch.ones(num_tags, num_tags, dtype=torch.bool)
+    allowed_start = torch.ones(num_tags, dtype=torch.bool)
+    for j, to_label in enumerate(labels):
+        if not to_label.startswith("I-"):
+            continue
+        allowed_start[j] = False
+        entity_type = to_label[2:]
+        for i, from_label in enumerate(labels):
+            allowed[i, j] = from_label in (f"B-{entity_type}", f"I-{entity_type}")
+    return allowed, allowed_start
+
+
+def _lengths(mask: torch.Tensor) -> torch.Tensor:
+    return mask.long().sum(dim=1)
+
+
+class ConditionalRandomField(nn.Module):
+    """A linear-chain CRF with start and end transitions.
+
+    Training (`neg_log_likelihood`) and `marginals` use the learned scores as they are; `viterbi_decode`
+    adds the optional BIO constraints, so gold data with spans that start with `I-` still trains while
+    decoded output is always valid BIO.
+
+    Args:
+        num_tags: number of tags.
+        allowed: `(num_tags, num_tags)` bool, allowed transitions when decoding; None allows all.
+        allowed_start: `(num_tags,)` bool, allowed first tags when decoding; None allows all.
+    """
+
+    def __init__(
+        self,
+        num_tags: int,
+        allowed: Optional[torch.Tensor] = None,
+        allowed_start: Optional[torch.Tensor] = None,
+    ):
+        super().__init__()
+        self.num_tags = num_tags
+        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
+        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
+        if allowed is None:
+            allowed = torch.ones(num_tags, num_tags, dtype=torch.bool)
+        if allowed_start is None:
+            allowed_start = torch.ones(num_tags, dtype=torch.bool)
+        # Derived from the label set in the config, so not saved with the weights.
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.register_buffer("allowed_start", allowed_start, persistent=False)
+
+    def decoding_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transition, start and end scores with the decoding constraints applied."""
+        forbidden = torch.tensor(FORBIDDEN_SCORE, dtype=self.transitions.dtype, device=self.transitions.device)
+        transitions = torch.where(self.allowed, self.transitions, forbidden)
+        start = torch.where(self.allowed_start, self.start_transitions, forbidden)
+        return transitions, start, self.end_transitions
+
+    def _forward_scores(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Log forward variables α, `(batch, words, num_tags)`; α at padding repeats the last real word."""
+        alpha = self.start_transitions + emissions[:, 0]
+        alphas = [alpha]
+        for t in range(1, emissions.size(1)):
+            step = torch.logsumexp(alpha.unsqueeze(2) + self.transitions, dim=1) + emissions[:, t]
+            alpha = torch.where(mask[:, t : t + 1], step, alpha)
+            alphas.append(alpha)
+        return torch.stack(alphas, dim=1)
+
+    def _backward_scores(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Log backward variables β, `(batch, words, num_tags)`; β at the last real word is the end score."""
+        end = self.end_transitions.expand(emissions.size(0), -1)
+        beta = end
+        betas = [beta]
+        for t in range(emissions.size(1) - 2, -1, -1):
+            step = torch.logsumexp(self.transitions + (emissions[:, t + 1] + beta).unsqueeze(1), dim=2)
+            beta = torch.where(mask[:, t + 1 : t + 2], step, end)
+            betas.append(beta)
+        return torch.stack(betas[::-1], dim=1)
+
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log Z per sentence by the forward algorithm, `(batch,)`."""
+        alpha = self._forward_scores(emissions, mask)[:, -1]
+        log_z = torch.logsumexp(alpha + self.end_transitions, dim=1)
+        return torch.where(_lengths(mask) > 0, log_z, torch.zeros_like(log_z))
+
+    def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalised score of the tag sequences `tags` `(batch, words)`, `(batch,)`; padding tags are ignored."""
+        tags = torch.where(mask, tags, torch.zeros_like(tags))
+        maskf = mask.to(emissions.dtype)
+        emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)
+        score = (emitted * maskf).sum(dim=1)
+        score = score + self.start_transitions[tags[:, 0]] * maskf[:, 0]
+        if tags.size(1) > 1:
+            moves = self.transitions[tags[:, :-1], tags[:, 1:]]
+            score = score + (moves * maskf[:, 1:]).sum(dim=1)
+        last = (_lengths(mask) - 1).clamp(min=0)
+        last_tags = tags.gather(1, last.unsqueeze(1)).squeeze(1)
+        return score + self.end_transitions[last_tags] * maskf[:, 0]
+
+    def neg_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of `tags` per sentence, `(batch,)`."""
+        return self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+
+    def log_marginal_scores(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """α + β per word and tag, `(batch, words, num_tags)`: log-marginals up to the per-word constant log Z.
+
+        Cross-view alignment tempers these scores (`softmax(scores / T)`); at T = 1 that softmax is the
+        posterior marginal distribution.
+        """
+        return self._forward_scores(emissions, mask) + self._backward_scores(emissions, mask)
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Posterior marginals p(y_i = tag | x) by forward–backward, `(batch, words, num_tags)`; 0 at padding."""
+        probs = torch.softmax(self.log_marginal_scores(emissions, mask), dim=-1)
+        return probs * mask.unsqueeze(2).to(probs.dtype)
+
+    def viterbi_decode(
+        self, emissions: torch.Tensor, mask: torch.Tensor, constrained: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best tag sequence per sentence.
+
+        Args:
+            emissions: `(batch, words, num_tags)`.
+            mask: `(batch, words)` bool.
+            constrained: apply the decoding constraints (BIO validity).
+
+        Returns:
+            `tags` `(batch, words)` long, `PAD_TAG` (-100) at padding, and `scores` `(batch,)`, the best
+            path scores.
+        """
+        if constrained:
+            transitions, start, end = self.decoding_parameters()
+        else:
+            transitions, start, end = self.transitions, self.start_transitions, self.end_transitions
+        batch, words, _ = emissions.shape
+        score = start + emissions[:, 0]
+        history = []
+        for t in range(1, words):
+            best, best_prev = (score.unsqueeze(2) + transitions).max(dim=1)
+            score = torch.where(mask[:, t : t + 1], best + emissions[:, t], score)
+            history.append(best_prev)
+        score = score + end
+        best_score, current = score.max(dim=1)
+        lengths = _lengths(mask)
+        tags = torch.full((batch, words), PAD_TAG, dtype=torch.long, device=emissions.device)
+        for t in range(words - 1, -1, -1):
+            if t < words - 1:
+                previous = history[t].gather(1, current.unsqueeze(1)).squeeze(1)
+                current = torch.where(t < lengths - 1, previous, current)
+            tags[:, t] = torch.where(t < lengths, current, tags[:, t])
+        best_score = torch.where(lengths > 0, best_score, torch.zeros_like(best_score))
+        return tags, best_score
+
+
+def viterbi_decode_numpy(
+    emissions: np.ndarray,
+    mask: np.ndarray,
+    transitions: np.ndarray,
+    start_transitions: np.ndarray,
+    end_transitions: np.ndarray,
+) -> np.ndarray:
+    """The Viterbi of `ConditionalRandomField.viterbi_decode` in numpy, for ONNX Runtime outputs.
+
+    Pass the scores of `ConditionalRandomField.decoding_parameters()` to decode with the BIO constraints.
+
+    Args:
+        emissions: `(batch, words, num_tags)`.
+        mask: `(batch, words)` bool.
+        transitions: `(num_tags, num_tags)`; start_transitions, end_transitions: `(num_tags,)`.
+
+    Returns:
+        `(batch, words)` int64 tags, `PAD_TAG` (-100) at padding.
+    """
+    emissions = np.asarray(emissions, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    batch, words, _ = emissions.shape
+    score = start_transitions[None, :] + emissions[:, 0]
+    history = []
+    for t in range(1, words):
+        candidates = score[:, :, None] + transitions[None, :, :]
+        best_prev = candidates.argmax(axis=1)
+        best = np.take_along_axis(candidates, best_prev[:, None, :], axis=1)[:, 0]
+        score = np.where(mask[:, t : t + 1], best + emissions[:, t], score)
+        history.append(best_prev)
+    current = (score + end_transitions[None, :]).argmax(axis=1)
+    lengths = mask.sum(axis=1)
+    tags = np.full((batch, words), PAD_TAG, dtype=np.int64)
+    rows = np.arange(batch)
+    for t in range(words - 1, -1, -1):
+        if t < words - 1:
+            current = np.where(t < lengths - 1, history[t][rows, current], current)
+        tags[:, t] = np.where(t < lengths, current, tags[:, t])
+    return tags
+
+
+def marginals_numpy(
+    emissions: np.ndarray,
+    mask: np.ndarray,
+    transitions: np.ndarray,
+    start_transitions: np.ndarray,
+    end_transitions: np.ndarray,
+) -> np.ndarray:
+    """`ConditionalRandomField.marginals` in numpy (unconstrained scores), `(batch, words, num_tags)`."""
+    emissions = np.asarray(emissions, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    batch, words, num_tags = emissions.shape
+
+    def logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+        peak = x.max(axis=axis, keepdims=True)
+        return np.squeeze(peak, axis=axis) + np.log(np.exp(x - peak).sum(axis=axis))
+
+    alphas = np.empty_like(emissions)
+    alphas[:, 0] = start_transitions[None, :] + emissions[:, 0]
+    for t in range(1, words):
+        step = logsumexp(alphas[:, t - 1, :, None] + transitions[None], axis=1) + emissions[:, t]
+        alphas[:, t] = np.where(mask[:, t : t + 1], step, alphas[:, t - 1])
+    betas = np.empty_like(emissions)
+    end = np.broadcast_to(end_transitions[None, :], (batch, num_tags))
+    betas[:, -1] = end
+    for t in range(words - 2, -1, -1):
+        step = logsumexp(transitions[None] + (emissions[:, t + 1] + betas[:, t + 1])[:, None, :], axis=2)
+        betas[:, t] = np.where(mask[:, t + 1 : t + 2], step, end)
+    scores = alphas + betas
+    scores = np.exp(scores - scores.max(axis=2, keepdims=True))
+    probs = scores / scores.sum(axis=2, keepdims=True)
+    return probs * mask[:, :, None]

@@ -1,0 +1,140 @@
+# coding=utf-8
+"""Turning a tweet's words and its visual context into ITA model inputs, and padding those into batches.
+
+This file is remote code (the pipeline imports it), so it imports only torch and transformers.
+
+An encoded example holds two views of the tweet (SPEC §2–§3):
+    cross-modal view x': `input_ids`, `attention_mask`, `token_type_ids`, `word_index`
+        = tweet words, the tokenizer's separator, then the visual context;
+    text-only view x: the same fields prefixed with `text_`.
+`word_index[i]` is the position of the first sub-token of tweet word i. The tweet is never cut: the context
+is truncated to fit (`truncation="only_second"`), and a tweet that alone exceeds the encoder's limit is an
+error rather than a silent loss of words.
+"""
+
+from typing import Any, Optional, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+VIEW_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "word_index")
+TEXT_PREFIX = "text_"
+# Padding value of each field in a batch; `labels` are word-level and padded like the word index.
+PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_index": -1, "labels": -100}
+
+
+class TweetTooLongError(ValueError):
+    """A tweet whose words alone do not fit the encoder; the pipeline splits such tweets into chunks."""
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: Optional[list[str]], **kwargs):
+    return tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, **kwargs)
+
+
+def _first_subtokens(encoding, num_words: int) -> list[int]:
+    """Position of the first sub-token of every tweet word (sequence 0) in a fast-tokenizer encoding."""
+    first: list[Optional[int]] = [None] * num_words
+    for position, (word, sequence) in enumerate(zip(encoding.word_ids(), encoding.sequence_ids())):
+        if sequence == 0 and word is not None and first[word] is None:
+            first[word] = position
+    return first  # type: ignore[return-value]
+
+
+def _tokenizable_words(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
+    """`words` with every word that yields no sub-token replaced by the unknown token.
+
+    Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely;
+    such a word would have no first sub-token, and so no tag. The unknown token keeps its position.
+    """
+    first = _first_subtokens(_encode(tokenizer, words, None), len(words))
+    if all(position is not None for position in first):
+        return words
+    if tokenizer.unk_token is None:
+        raise ValueError(f"Words {[w for w, p in zip(words, first) if p is None]!r} produce no sub-token and the "
+                         "tokenizer has no unknown token to stand in for them.")
+    return [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase,
+    words: Sequence[str],
+    visual_context: str = "",
+    max_context_tokens: int = 128,
+    max_length: Optional[int] = None,
+    text_view: bool = True,
+) -> dict[str, list[int]]:
+    """Encodes one tweet and its visual context into ITA inputs.
+
+    Args:
+        tokenizer: a fast tokenizer of the encoder (word ids are needed to find first sub-tokens).
+        words: the tweet's words; not empty.
+        visual_context: the text the image became; "" for none (x' is then the tweet alone).
+        max_context_tokens: sub-token budget of the context; the context is truncated to it.
+        max_length: the encoder's length limit; defaults to `tokenizer.model_max_length`.
+        text_view: also encode the text-only view (the `text_*` fields), as cross-view alignment needs.
+
+    Returns:
+        Lists per field (see the module docstring); `word_index` has one entry per word.
+
+    Raises:
+        TweetTooLongError: if the words alone need more sub-tokens than `max_length`.
+        ValueError: if `words` is empty or the tokenizer is not a fast tokenizer.
+    """
+    if not tokenizer.is_fast:
+        raise ValueError("ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
+                         "load it with AutoTokenizer.from_pretrained(..., use_fast=True).")
+    words = list(words)
+    if not words:
+        raise ValueError("Cannot encode an empty tweet: `words` is empty.")
+    if any(not isinstance(word, str) or not word for word in words):
+        raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
+    limit = max_length if max_length is not None else tokenizer.model_max_length
+    words = _tokenizable_words(tokenizer, words)
+
+    text = _encode(tokenizer, words, None)
+    text_length = len(text["input_ids"])
+    if text_length > limit:
+        raise TweetTooLongError(
+            f"The tweet's {len(words)} words need {text_length} sub-tokens, more than the encoder's limit of "
+            f"{limit}. Split it into shorter pieces, or use the multimodal-ner pipeline, which chunks long texts."
+        )
+    context_words = visual_context.split()
+    extra_specials = tokenizer.num_special_tokens_to_add(pair=True) - tokenizer.num_special_tokens_to_add(pair=False)
+    room = min(limit - text_length - extra_specials, max_context_tokens)
+    if context_words and room > 0:
+        cross = _encode(tokenizer, words, context_words, truncation="only_second",
+                        max_length=text_length + extra_specials + room)
+    else:
+        # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
+        cross = text
+
+    example: dict[str, Any] = {}
+    for prefix, encoding in (("", cross), (TEXT_PREFIX, text)) if text_view else (("", cross),):
+        for field in VIEW_FIELDS[:3]:
+            if field in encoding:
+                example[prefix + field] = list(encoding[field])
+        example[prefix + "word_index"] = _first_subtokens(encoding, len(words))
+    return example
+
+
+def pad_batch(features: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pads encoded examples (and optional word-level `labels`) into a batch of tensors.
+
+    Args:
+        features: outputs of `encode_example`, possibly with `labels` added; all with the same fields.
+        pad_token_id: the tokenizer's padding id.
+
+    Returns:
+        `(batch, max_length)` long tensors per field; word-level fields are `(batch, max_words)`.
+    """
+    if not features:
+        raise ValueError("Cannot pad an empty list of examples.")
+    fields = list(features[0])
+    batch: dict[str, torch.Tensor] = {}
+    for field in fields:
+        values = [feature[field] for feature in features]
+        width = max(len(value) for value in values)
+        base = field[len(TEXT_PREFIX):] if field.startswith(TEXT_PREFIX) else field
+        pad = pad_token_id if base == "input_ids" else PAD_VALUES.get(base, 0)
+        batch[field] = torch.tensor([list(value) + [pad] * (width - len(value)) for value in values], dtype=torch.long)
+    return batch
