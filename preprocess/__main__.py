@@ -1,0 +1,139 @@
+"""``python -m preprocess``: a dataset plus images and/or precomputed contexts → ``DatasetDict`` shards.
+
+Examples:
+    Twitter-2017 with the released BLIP-2 captions (no images needed)::
+
+        python -m preprocess --data ../shared/data/twitter2017 \\
+            --context ../shared/data/captions/blip2/BLIP2_17.txt --out shards/twitter2017-blip2
+
+    Your own tweets and images with real aligners, in context order::
+
+        python -m preprocess --data my_tweets/ --images my_tweets/images \\
+            --aligner image-to-text:model=Salesforce/blip-image-captioning-base \\
+            --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \\
+            --aligner rapidocr --num-proc 2 --out shards/my_tweets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from alignment_ita import (
+    ALIGNER_TYPES,
+    DEFAULT_CONTEXT_ORDER,
+    DEFAULT_CONTEXT_SEPARATOR,
+    DEFAULT_MAX_PIXELS,
+)
+
+from .readers import DataFormatError
+from .shards import preprocess
+
+
+def parse_aligner(text: str) -> dict[str, Any]:
+    """Parse an ``--aligner`` value: ``TYPE``, ``TYPE:key=value,key=value`` or a JSON object.
+
+    Values are read as JSON when they parse (numbers, booleans, lists) and as strings otherwise.
+    """
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"invalid JSON aligner spec {text!r}: {err}") from err
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise argparse.ArgumentTypeError(f"a JSON aligner spec needs a 'type' key: {text!r}")
+        return spec
+    name, _, options = text.partition(":")
+    if name not in ALIGNER_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown aligner {name!r}; choose from {sorted(ALIGNER_TYPES)}")
+    spec: dict[str, Any] = {"type": name}
+    for option in filter(None, options.split(",")):
+        key, eq, value = option.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"aligner option {option!r} is not key=value (in {text!r})")
+        try:
+            spec[key] = json.loads(value)
+        except json.JSONDecodeError:
+            spec[key] = value
+    return spec
+
+
+def parse_context(path: str) -> dict[str, Any]:
+    """Turn a ``--context FILE`` value into a precomputed-aligner spec with an absolute path."""
+    return {"type": "precomputed", "paths": [str(Path(path).resolve())]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess",
+        description="Align tweet images into visual context and save the dataset as Arrow shards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples:", 1)[1],
+    )
+    parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path")
+    parser.add_argument("--out", required=True, help="output folder (DatasetDict.save_to_disk)")
+    parser.add_argument("--images", help="folder of the images, named by the data's image ids or file names")
+    parser.add_argument("--aligner", dest="aligners", action="append", type=parse_aligner, default=[],
+                        metavar="SPEC", help=f"an aligner: TYPE[:key=value,...] or JSON; types {sorted(ALIGNER_TYPES)}; "
+                        "repeatable, run in the order given")
+    parser.add_argument("--context", dest="aligners", action="append", type=parse_context, metavar="FILE",
+                        help="precomputed contexts by image id: '<IMGID>.jpg :<caption>' lines or .jsonl; repeatable")
+    parser.add_argument("--order", nargs="+", default=DEFAULT_CONTEXT_ORDER, help="segment order in the context")
+    parser.add_argument("--separator", default=DEFAULT_CONTEXT_SEPARATOR, help="text between segments")
+    parser.add_argument("--max-words-per-segment", type=int, help="word cap per segment")
+    parser.add_argument("--max-words", type=int, help="word cap for the whole context")
+    parser.add_argument("--entity-types", nargs="+", help="entity types in label order (default: all found, sorted)")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes for Dataset.map")
+    parser.add_argument("--batch-size", type=int, default=16, help="tweets per map batch")
+    parser.add_argument("--chunk-size", type=int, default=1000, help="tweets per resumable chunk")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier results or work with other settings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    unused = [s["type"] for s in args.aligners if not set(ALIGNER_TYPES[s["type"]].segments) & set(args.order)]
+    if unused:
+        print(f"error: aligners {unused} fill no segment of --order {args.order}", file=sys.stderr)
+        return 2
+    if not args.aligners:
+        logging.warning("no --aligner or --context given: every visual_context will be empty (text-only data)")
+    builder = {
+        "order": args.order,
+        "separator": args.separator,
+        "max_words_per_segment": args.max_words_per_segment,
+        "max_words": args.max_words,
+    }
+    try:
+        result = preprocess(
+            data=args.data,
+            out=args.out,
+            aligners=args.aligners,
+            images_dir=args.images,
+            builder_settings=builder,
+            entity_types=args.entity_types,
+            num_proc=args.num_proc,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            max_pixels=args.max_pixels,
+            overwrite=args.overwrite,
+        )
+    except (DataFormatError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for split, dataset in result.items():
+        with_context = sum(1 for c in dataset["visual_context"] if c)
+        errors = sum(1 for e in dataset["alignment_error"] if e)
+        print(f"{split}: {len(dataset)} tweets, {with_context} with visual context, {errors} with alignment errors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

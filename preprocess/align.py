@@ -1,0 +1,139 @@
+"""The batched ``Dataset.map`` function that aligns the images of a batch of tweets into visual context."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import ClassLabel, Features, Sequence, Value
+
+from alignment_ita import (
+    DEFAULT_MAX_PIXELS,
+    Aligner,
+    VisualContextBuilder,
+    aligner_from_dict,
+    find_image_file,
+    load_image,
+)
+
+logger = logging.getLogger(__name__)
+
+# Aligners are built once per worker process and reused across batches and chunks: loading a detector
+# or captioner per batch would dominate the run time. Keyed by the JSON of the spec.
+_ALIGNER_CACHE: dict[str, Aligner] = {}
+
+
+def cached_aligner(spec: dict[str, Any]) -> Aligner:
+    """Build (once per process) the aligner of a spec."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _ALIGNER_CACHE:
+        _ALIGNER_CACHE[key] = aligner_from_dict(spec)
+    return _ALIGNER_CACHE[key]
+
+
+def input_features(tags: ClassLabel) -> Features:
+    """Columns of a tweet before alignment."""
+    return Features(
+        {
+            "id": Value("string"),
+            "tokens": Sequence(Value("string")),
+            "ner_tags": Sequence(tags),
+            "image_id": Value("string"),
+            "image": Value("string"),
+        }
+    )
+
+
+def output_features(tags: ClassLabel) -> Features:
+    """Columns of an aligned tweet: the input columns plus segments, context, sources and errors."""
+    features = input_features(tags)
+    for segment in ("caption", "objects", "ocr"):
+        features[segment] = Sequence(Value("string"))
+    features["visual_context"] = Value("string")
+    features["context_sources"] = Sequence(Value("string"))
+    features["alignment_error"] = Value("string")
+    return features
+
+
+class BatchAligner:
+    """Picklable ``map`` function: loads a batch's images, runs the aligners, builds the contexts.
+
+    It never raises for a bad image or a failing aligner: the tweet keeps whatever the other aligners
+    produced and the problem is recorded in ``alignment_error`` ("" when there was none).
+
+    Args:
+        aligner_specs: Aligner specs (see ``alignment_ita.aligner_from_dict``), run in this order; pieces
+            of the same segment from several aligners are concatenated in this order.
+        builder_settings: ``VisualContextBuilder`` keyword arguments.
+        images_dir: Folder of the images (``None`` when only precomputed aligners are used).
+        max_pixels: Decompression-bomb guard of the image loader.
+    """
+
+    def __init__(
+        self,
+        aligner_specs: list[dict[str, Any]],
+        builder_settings: dict[str, Any],
+        images_dir: str | None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.aligner_specs = aligner_specs
+        self.builder_settings = builder_settings
+        self.images_dir = images_dir
+        self.max_pixels = max_pixels
+
+    def _load(self, name: str) -> tuple[Any, str]:
+        if self.images_dir is None:
+            return None, ""
+        path = find_image_file(self.images_dir, name)
+        if path is None:
+            return None, f"image not found: {Path(self.images_dir) / name}"
+        try:
+            return load_image(path, self.max_pixels), ""
+        except (FileNotFoundError, ValueError) as err:
+            return None, str(err)
+
+    def _run(self, aligner: Aligner, images: list[Any], ids: list[str], errors: list[list[str]]) -> list[dict]:
+        try:
+            return aligner.align(images, ids)
+        except Exception:  # noqa: BLE001 - one bad image must not cost the batch; retry one by one.
+            results = []
+            for i, (image, image_id) in enumerate(zip(images, ids)):
+                try:
+                    results.append(aligner.align([image], [image_id])[0])
+                except Exception as err:  # noqa: BLE001 - recorded per tweet, never lost.
+                    errors[i].append(f"{aligner.type}: {type(err).__name__}: {err}")
+                    results.append({})
+            return results
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        aligners = [cached_aligner(spec) for spec in self.aligner_specs]
+        builder = VisualContextBuilder(**self.builder_settings)
+        size = len(batch["id"])
+        errors: list[list[str]] = [[] for _ in range(size)]
+        images: list[Any] = [None] * size
+        if any(a.needs_images for a in aligners):
+            for i, name in enumerate(batch["image"]):
+                images[i], error = self._load(name)
+                if error:
+                    errors[i].append(error)
+        segments: list[dict[str, list[str]]] = [{"caption": [], "objects": [], "ocr": []} for _ in range(size)]
+        producers: list[dict[str, list[str]]] = [{} for _ in range(size)]
+        for aligner in aligners:
+            for i, result in enumerate(self._run(aligner, images, batch["image_id"], errors)):
+                for name, pieces in result.items():
+                    if pieces:
+                        segments[i].setdefault(name, []).extend(pieces)
+                        producers[i].setdefault(name, []).append(aligner.type)
+        out = dict(batch)
+        for name in ("caption", "objects", "ocr"):
+            out[name] = [s[name] for s in segments]
+        contexts = [builder.build(s) for s in segments]
+        out["visual_context"] = [text for text, _ in contexts]
+        out["context_sources"] = [
+            [f"{name}:{producer}" for name in sources for producer in dict.fromkeys(producers[i][name])]
+            for i, (_, sources) in enumerate(contexts)
+        ]
+        out["alignment_error"] = ["; ".join(e) for e in errors]
+        return out
