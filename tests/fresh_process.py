@@ -1,0 +1,27 @@
+"""Run Python code in a fresh process that cannot see the checkout, as a user of a saved checkpoint would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_fresh_python(code: str, workdir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `code` with this venv's interpreter, cwd `workdir`, no PYTHONPATH and a private HF modules cache.
+
+    The code fails loudly if the checkout is on `sys.path`, so a passing test really loaded remote code.
+
+    Returns:
+        The completed process (check `returncode`, `stdout`, `stderr`).
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf_modules"), TRANSFORMERS_VERBOSITY="error")
+    guard = (
+        "import sys, os\n"
+        f"assert not any(os.path.abspath(p or os.getcwd()) == {str(REPO)!r} for p in sys.path), sys.path\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", guard + code], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
