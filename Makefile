@@ -31,7 +31,7 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(PY) -m demo
+	HF_HUB_OFFLINE=1 $(PY) demo.py
 
 clean:
 	rm -rf $(VENV) demo-output
