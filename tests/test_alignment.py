@@ -1,0 +1,332 @@
+"""Aligners, image loading and the visual-context builder of alignment_ita, on real engines and real images."""
+
+import ast
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import alignment_ita
+from alignment_ita import (
+    CaptionAligner,
+    ObjectTagAligner,
+    PrecomputedAligner,
+    RapidOCRAligner,
+    TesseractAligner,
+    VisualContextBuilder,
+    aligner_from_dict,
+    find_image_file,
+    load_image,
+    spec_is_precomputed,
+)
+
+
+def render_text(text: str, size: tuple[int, int] = (640, 160), font_size: int = 48) -> Image.Image:
+    """Black text on white, drawn with Pillow's bundled scalable font."""
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((20, 50), text, fill="black", font=ImageFont.load_default(size=font_size))
+    return image
+
+
+@pytest.fixture(scope="module")
+def rapidocr() -> RapidOCRAligner:
+    return RapidOCRAligner()
+
+
+@pytest.fixture(scope="module")
+def tesseract() -> TesseractAligner:
+    try:
+        return TesseractAligner()
+    except RuntimeError as err:
+        pytest.skip(str(err))
+
+
+# --- remote-code safety ----------------------------------------------------------------------------
+
+
+def test_module_imports_only_what_remote_code_allows():
+    tree = ast.parse(Path(alignment_ita.__file__).read_text(encoding="utf-8"))
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top_level.add((node.module or "").split(".")[0])
+    allowed = {"__future__", "inspect", "json", "logging", "re", "warnings", "collections", "pathlib", "typing"}
+    assert top_level <= allowed | {"numpy", "torch", "transformers"}, top_level
+
+
+# --- visual-context builder ------------------------------------------------------------------------
+
+
+def test_builder_joins_segments_in_configured_order_and_records_sources():
+    segments = {"ocr": ["CHRIS PAUL BE LIKE"], "objects": ["man", "ball"], "caption": "a man  playing\nbasketball"}
+    text, sources = VisualContextBuilder().build(segments)
+    assert text == "a man playing basketball | man, ball | CHRIS PAUL BE LIKE"
+    assert sources == ["caption", "objects", "ocr"]
+    text, sources = VisualContextBuilder(order=["ocr", "caption"], separator=" [SEP] ").build(segments)
+    assert text == "CHRIS PAUL BE LIKE [SEP] a man playing basketball"
+    assert sources == ["ocr", "caption"]
+
+
+def test_builder_caps_words_and_skips_empty_segments():
+    segments = {"caption": ["one two three four"], "objects": [], "ocr": ["five six seven"]}
+    builder = VisualContextBuilder(max_words_per_segment=2)
+    assert builder.build(segments) == ("one two | five six", ["caption", "ocr"])
+    builder = VisualContextBuilder(max_words=5)
+    assert builder.build(segments) == ("one two three four | five", ["caption", "ocr"])
+    assert VisualContextBuilder(max_words=4).build(segments) == ("one two three four", ["caption"])
+    assert VisualContextBuilder().build({}) == ("", [])
+    with pytest.raises(ValueError, match="twice"):
+        VisualContextBuilder(order=["ocr", "ocr"])
+
+
+# --- precomputed contexts --------------------------------------------------------------------------
+
+
+def test_blip2_captions_are_looked_up_by_image_id(shared_data):
+    aligner = PrecomputedAligner(shared_data / "captions" / "blip2" / "BLIP2_15.txt")
+    found = aligner.align([None, None, None], ["108911", "71406", "no-such-image"])
+    assert found[0]["caption"] == ["the chicago bears and green bay packers are playing in the nfl"]
+    assert found[1]["caption"] == []  # one of the two known empty captions
+    assert found[2] == {"caption": [], "objects": [], "ocr": []}
+    assert aligner("713.jpg", image_id="713.jpg")["caption"] == ["chicago white sox quotes"]
+
+
+def test_jsonl_contexts_and_format_errors(tmp_path):
+    path = tmp_path / "contexts.jsonl"
+    rows = [
+        {"image_id": "7.jpg", "caption": "a dog", "objects": ["dog", "ball"]},
+        {"image_id": "7", "caption": ["on grass"], "ocr": "GOAL"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    aligner = PrecomputedAligner(path)
+    assert aligner.align([None], ["7"]) == [{"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"]}]
+    path.write_text('{"image_id": "1", "caption": "ok"}\n{"caption": "no id"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{path}:2: .*image_id"):
+        PrecomputedAligner(path)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("1.jpg :fine\nbroken line\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{captions}:2: expected"):
+        PrecomputedAligner(captions)
+
+
+def test_precomputed_spec_round_trips_and_says_it_is_precomputed(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("5.jpg :a cat\n", encoding="utf-8")
+    spec = PrecomputedAligner(path).to_dict()
+    assert spec == {"type": "precomputed", "precomputed": True, "paths": [str(path)], "format": "auto"}
+    assert spec_is_precomputed(spec) and not spec_is_precomputed({"type": "rapidocr"})
+    assert aligner_from_dict(json.loads(json.dumps(spec))).to_dict() == spec
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="looked up by image id"):
+        aligner_from_dict(spec)
+    with pytest.raises(ValueError, match="unknown aligner type 'nope'"):
+        aligner_from_dict({"type": "nope"})
+    with pytest.raises(ValueError, match="invalid settings for aligner 'rapidocr'"):
+        aligner_from_dict({"type": "rapidocr", "colour": "red"})
+
+
+# --- OCR -------------------------------------------------------------------------------------------
+
+
+def test_rapidocr_reads_rendered_text_exactly_and_drops_single_characters(rapidocr):
+    assert rapidocr(render_text("HELLO WORLD 2015")) == {"ocr": ["HELLO WORLD 2015"]}
+    assert rapidocr(render_text("Z", size=(200, 160), font_size=64)) == {"ocr": []}
+    assert rapidocr.align([None]) == [{"ocr": []}]
+    assert aligner_from_dict(rapidocr.to_dict()).to_dict() == rapidocr.to_dict()
+
+
+def test_tesseract_reads_rendered_text_exactly(tesseract):
+    assert tesseract(render_text("HELLO WORLD 2015")) == {"ocr": ["HELLO WORLD 2015"]}
+    assert tesseract(render_text("Z", size=(200, 160), font_size=64)) == {"ocr": []}
+    assert aligner_from_dict(tesseract.to_dict()).to_dict() == tesseract.to_dict()
+
+
+def test_ocr_on_real_tweet_images(shared_data, rapidocr, tesseract):
+    images = shared_data / "images" / "twitter2015"
+    assert rapidocr(load_image(images / "27.jpg")) == {"ocr": ["The more people you love,", "the weaker you are."]}
+    assert rapidocr(load_image(images / "102.jpg")) == {"ocr": ["ATHLETICO"]}
+    # 33.jpg is PNG data behind a .jpg name; its lone digit "6" badges are one-character junk.
+    endorsements = rapidocr(load_image(images / "33.jpg"))["ocr"]
+    assert endorsements[:3] == ["Most endorsed for...", "23", "Mobile Applications"]
+    assert "6" not in endorsements and "Extreme Ironing" in endorsements
+    assert tesseract(load_image(images / "27.jpg"))["ocr"] == ["you love,"]
+    assert tesseract(load_image(images / "33.jpg"))["ocr"][0] == "Most endorsed for..."
+
+
+# --- image loading ---------------------------------------------------------------------------------
+
+
+def test_load_image_handles_png_behind_jpg_name_and_transparency(shared_data):
+    with Image.open(shared_data / "images" / "twitter2015" / "113.jpg") as raw:
+        assert raw.format == "PNG" and raw.mode == "RGBA"
+    image = load_image(shared_data / "images" / "twitter2015" / "113.jpg")
+    assert image.mode == "RGB" and image.size == (600, 211)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    image = load_image(path)
+    assert image.size == (20, 40)
+    top, bottom = np.asarray(image)[:5].mean(), np.asarray(image)[-5:].mean()
+    assert top > 200 and bottom < 50
+
+
+def test_load_image_refuses_missing_corrupt_truncated_and_bomb_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        load_image(tmp_path / "missing.jpg")
+    (tmp_path / "junk.jpg").write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "junk.jpg")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:2000])
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "truncated.jpg")
+    # 100 megapixels of 1-bit zeros: a few kB on disk, refused before decoding.
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_image(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="more than max_pixels=1000"):
+        load_image(tmp_path / "truncated.jpg", max_pixels=1000)
+
+
+def test_find_image_file_by_id_or_name(tmp_path):
+    (tmp_path / "12.png").write_bytes(b"")
+    assert find_image_file(tmp_path, "12.jpg") == tmp_path / "12.png"
+    assert find_image_file(tmp_path, "12") == tmp_path / "12.png"
+    assert find_image_file(tmp_path, "13.jpg") is None
+
+
+# --- object tags and captions through real transformers pipelines on tiny random models --------------
+
+LABELS = ["dog", "black shirt", "N/A", "white_dog", "car"]
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> Path:
+    """A tiny random YOLOS detector saved with its image processor, so pipelines load it from a folder."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(0)
+    config = YolosConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=[64, 64],
+        patch_size=16, num_detection_tokens=12, id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    model = YolosForObjectDetection(config).eval()
+    with torch.no_grad():
+        # Zero-initialised detection tokens would make all 12 detections identical; spread them out.
+        model.vit.embeddings.detection_tokens.normal_()
+        model.vit.embeddings.position_embeddings.normal_()
+    folder = tmp_path_factory.mktemp("yolos")
+    model.save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
+    return folder
+
+
+def noise_image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+
+
+def test_object_tag_rules_threshold_order_dedup_top_k():
+    aligner = ObjectTagAligner.__new__(ObjectTagAligner)
+    aligner.threshold, aligner.top_k, aligner.deduplicate = 0.3, 3, True
+    detections = [
+        {"score": 0.2, "label": "cat"},
+        {"score": 0.9, "label": "white_dog"},
+        {"score": 0.5, "label": "N/A"},
+        {"score": 0.6, "label": "car"},
+        {"score": 0.6, "label": "bus"},
+        {"score": 0.7, "label": "white_dog"},
+        {"score": 0.4, "label": "tree"},
+    ]
+    assert aligner.tags(detections) == ["white dog", "bus", "car"]
+    aligner.deduplicate, aligner.top_k = False, 10
+    assert aligner.tags(detections) == ["white dog", "white dog", "bus", "car", "tree"]
+
+
+def test_object_tags_through_the_object_detection_pipeline(tiny_detector):
+    from transformers import pipeline
+
+    images = [noise_image(0), None, noise_image(1)]
+    raw = pipeline("object-detection", model=str(tiny_detector))([images[0], images[2]], threshold=0.0)
+    assert [len(r) for r in raw] == [12, 12]
+    aligner = ObjectTagAligner(str(tiny_detector), threshold=0.0, top_k=10)
+    results = aligner.align(images)
+    assert results[1] == {"objects": []}
+    for result, detections in zip([results[0], results[2]], raw):
+        expected = []
+        for det in sorted(detections, key=lambda d: (-d["score"], d["label"])):
+            label = det["label"].replace("_", " ")
+            if label != "N/A" and label not in expected:
+                expected.append(label)
+        assert result["objects"] == expected and len(expected) >= 2
+    middle = sorted(d["score"] for d in raw[0])[6]
+    strict = ObjectTagAligner(str(tiny_detector), threshold=middle, top_k=1).align(images[:1])[0]["objects"]
+    assert strict == results[0]["objects"][:1]
+    assert ObjectTagAligner(str(tiny_detector), threshold=1.01).align(images[:1]) == [{"objects": []}]
+    spec = aligner.to_dict()
+    assert spec["type"] == "object-detection" and spec["precomputed"] is False
+    assert aligner_from_dict(spec).align(images) == results
+
+
+@pytest.fixture(scope="module")
+def tiny_captioner(tmp_path_factory, minilm_dir) -> Path:
+    """A tiny random ViT→GPT-2 captioner with the offline MiniLM tokenizer, saved as a folder."""
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    encoder = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        image_size=32, patch_size=16)
+    decoder = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=tokenizer.vocab_size, n_positions=64,
+                         add_cross_attention=True, is_decoder=True)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = tokenizer.cls_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.sep_token_id
+    model = VisionEncoderDecoderModel(config).eval()
+    model.generation_config.decoder_start_token_id = tokenizer.cls_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder = tmp_path_factory.mktemp("captioner")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_captions_through_the_image_to_text_pipeline(tiny_captioner):
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessor
+
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    aligner = CaptionAligner(str(tiny_captioner), generate_kwargs=settings, batch_size=2)
+    images = [noise_image(0), None, noise_image(1)]
+    results = aligner.align(images)
+    assert results[1] == {"caption": []}
+    model = VisionEncoderDecoderModel.from_pretrained(tiny_captioner).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_captioner)
+    pixels = ViTImageProcessor.from_pretrained(tiny_captioner)([images[0], images[2]], return_tensors="pt")
+    generated = model.generate(pixels.pixel_values, **settings)
+    assert generated.shape[1] == 1 + 4  # the start token, then exactly the requested 4 new tokens
+    expected = [" ".join(t.split()) for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    assert [results[0]["caption"], results[2]["caption"]] == [[e] if e else [] for e in expected]
+    assert any(expected) and all(len(e.split()) <= 4 for e in expected)
+    assert aligner_from_dict(aligner.to_dict()).align(images) == results
