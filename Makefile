@@ -20,18 +20,22 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 
 install: $(STAMP) system-deps
 
-# Tesseract is a system binary; install it when we can (root + apt), else say what is missing.
+# Tesseract (OCR) and Chromium (renders the demo report in a test) are system packages: install them when we
+# can (root + apt), else say what is missing; the tests that need them skip with that reason.
+SYSTEM_PACKAGES := tesseract:tesseract-ocr chromium:chromium
 system-deps:
-	@command -v tesseract >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null); \
-	  else echo "tesseract-ocr is not installed: install it with your package manager (e.g. apt-get install tesseract-ocr)"; fi; }
+	    echo "Installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "Missing system packages:$$missing (install them with your package manager)"; fi; fi
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(PY) demo.py
+	HF_HUB_OFFLINE=1 $(PY) -m demo
 
 clean:
 	rm -rf $(VENV) demo-output
