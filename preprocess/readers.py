@@ -40,13 +40,13 @@ class DataFormatError(ValueError):
 
 @dataclass
 class Example:
-    """One tweet as read from a file; ``line`` is where it starts (1-based), for error messages."""
+    """One tweet as read from a file; ``lines`` holds the 1-based line of each tag, for error messages."""
 
     id: str
     tokens: list[str]
     tags: list[str]
     image: str
-    line: int
+    lines: list[int]
 
 
 def _check_tag(tag: str, path: Path, line: int) -> None:
@@ -64,18 +64,19 @@ def read_umt(path: str | Path) -> list[Example]:
         The tweets in file order; ``image`` is ``"<IMGID>.jpg"`` and ``id`` the tweet's index in the file.
 
     Raises:
-        DataFormatError: A token line before any ``IMGID:`` line, a line without a tab, an empty token,
-            a non-BIO tag, or a tweet without tokens.
+        DataFormatError: A token line not preceded by an ``IMGID:`` line, a line without a tab, an empty
+            token, a non-BIO tag, or a tweet without tokens.
     """
     path = Path(path)
     text = path.read_bytes().decode("utf-8-sig")
     examples: list[Example] = []
     current: Example | None = None
+    start = 0
 
     def close() -> None:
         if current is not None:
             if not current.tokens:
-                raise DataFormatError(f"{path}:{current.line}: tweet IMGID:{current.image} has no tokens")
+                raise DataFormatError(f"{path}:{start}: tweet IMGID:{current.image} has no tokens")
             examples.append(current)
 
     # split("\n") and not splitlines(): splitlines also breaks on U+0085, U+2028 ... inside tokens.
@@ -84,17 +85,23 @@ def read_umt(path: str | Path) -> list[Example]:
         if line.startswith("IMGID:"):
             close()
             image_id = line[len("IMGID:") :].strip()
-            current = Example(id=str(len(examples)), tokens=[], tags=[], image=f"{image_id}.jpg", line=number)
+            current = Example(id=str(len(examples)), tokens=[], tags=[], image=f"{image_id}.jpg", lines=[])
+            start = number
         elif "\t" in line:
             if current is None:
-                raise DataFormatError(f"{path}:{number}: token line before the first 'IMGID:<id>' line")
+                raise DataFormatError(f"{path}:{number}: token line without an 'IMGID:<id>' line before it")
             token, tag = line.rsplit("\t", 1)
             if token == "":
                 raise DataFormatError(f"{path}:{number}: empty token")
             _check_tag(tag, path, number)
             current.tokens.append(token)
             current.tags.append(tag)
-        elif line.strip(" "):
+            current.lines.append(number)
+        elif not line.strip(" "):
+            # A blank line ends the tweet; tokens after it need a new IMGID line.
+            close()
+            current = None
+        else:
             raise DataFormatError(f"{path}:{number}: expected 'token<TAB>tag', 'IMGID:<id>' or a blank line, got {line[:80]!r}")
     # The last tweet is closed even without a trailing blank line (Twitter-2015 files end that way).
     close()
@@ -130,7 +137,7 @@ def read_jsonl(path: str | Path) -> list[Example]:
             for tag in tags:
                 _check_tag(tag, path, number)
             example_id = str(record.get("id", len(examples)))
-            examples.append(Example(example_id, list(tokens), list(tags), str(record["image"] or ""), number))
+            examples.append(Example(example_id, list(tokens), list(tags), str(record["image"] or ""), [number] * len(tags)))
     return examples
 
 
@@ -213,10 +220,8 @@ def build_tag_feature(
     allowed = set(entity_types)
     for split, examples in splits.items():
         for ex in examples:
-            for offset, tag in enumerate(ex.tags):
+            for tag, line in zip(ex.tags, ex.lines):
                 if tag != "O" and tag[2:] not in allowed:
-                    # UMT files have one token per line after the IMGID line; JSONL examples sit on one line.
-                    line = ex.line + offset + 1 if files[split].suffix != ".jsonl" else ex.line
                     raise DataFormatError(
                         f"{files[split]}:{line}: tag {tag!r} has a type outside the label set {list(entity_types)}"
                     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
-from alignment_ita import DEFAULT_MAX_PIXELS, image_id_from_name, normalize_spec
+from alignment_ita import DEFAULT_MAX_PIXELS, VisualContextBuilder, image_id_from_name, normalize_spec
 
 from .align import BatchAligner, input_features, output_features
 from .readers import build_tag_feature, find_split_files, read_file
@@ -86,7 +86,8 @@ def preprocess(
     """
     out = Path(out)
     work = out.with_name(out.name + ".partial")
-    builder_settings = dict(builder_settings or {})
+    # Normalised (defaults filled in) so that equal settings compare equal however they were given.
+    builder_settings = VisualContextBuilder(**(builder_settings or {})).to_dict()
     specs = [normalize_spec(spec) for spec in aligners]
     image_aligners = [s["type"] for s in specs if not s.get("precomputed")]
     if image_aligners and images_dir is None:

@@ -1,0 +1,247 @@
+"""Readers, the preprocess CLI and the Arrow shards it writes: full Twitter-2015/2017, odd images, kill and resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from preprocess import DataFormatError, preprocess, read_jsonl, read_umt
+from preprocess.readers import build_tag_feature, find_split_files
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = {"train": "train", "validation": "valid", "test": "test"}
+TWEETS = {"twitter2015": (4000, 1000, 3257), "twitter2017": (3373, 723, 723)}
+ENTITIES = {"twitter2015": (6166, 1541, 5072), "twitter2017": (6049, 1324, 1351)}
+CAPTIONS = {"twitter2015": "BLIP2_15.txt", "twitter2017": "BLIP2_17.txt"}
+EMPTY_CAPTIONS = {"71406", "770560"}
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m preprocess` from the checkout, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, **kwargs)
+
+
+def write_umt(path: Path, tweets: list[tuple[str, list[str], list[str]]]) -> Path:
+    """Write tweets as a UMT file (image id, tokens, tags), without the final blank line like Twitter-2015."""
+    blocks = ["IMGID:" + image + "\n" + "".join(f"{t}\t{g}\n" for t, g in zip(tokens, tags)) for image, tokens, tags in tweets]
+    path.write_text("\n".join(blocks), encoding="utf-8")
+    return path
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+
+def test_umt_reader_keeps_last_tweet_invisible_tokens_and_i_starts(shared_data):
+    starts_with_i = 0
+    for split in ("train", "valid", "test"):
+        path = shared_data / "twitter2015" / f"{split}.txt"
+        examples = read_umt(path)
+        source = path.read_text(encoding="utf-8")
+        assert not source.endswith("\n\n")
+        last_lines = source.rstrip("\n").split("\n\n")[-1].split("\n")
+        assert examples[-1].tokens == [line.split("\t")[0] for line in last_lines[1:]]
+        for ex in examples:
+            # A span starts with I- when the previous tag is not of the same type (O, or another type).
+            starts_with_i += sum(
+                tag.startswith("I-") and (i == 0 or ex.tags[i - 1][2:] != tag[2:]) for i, tag in enumerate(ex.tags)
+            )
+    assert starts_with_i == 374
+    tokens = {t for ex in read_umt(shared_data / "twitter2017" / "train.txt") for t in ex.tokens}
+    assert {"\u200b", "\u200d", "\x92"} <= {ch for t in tokens for ch in t}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("IMGID:1\nHello\tB_PER\n", r"data\.txt:2: tag 'B_PER' is not BIO"),
+        ("IMGID:1\nHello\tO\nno tab here\n", r"data\.txt:3: expected 'token<TAB>tag'"),
+        ("Hello\tO\n", r"data\.txt:1: token line without an 'IMGID:<id>' line"),
+        ("IMGID:1\nHi\tO\n\nthere\tO\n", r"data\.txt:4: token line without an 'IMGID:<id>' line"),
+        ("IMGID:1\n\nIMGID:2\nHi\tO\n", r"data\.txt:1: tweet IMGID:1\.jpg has no tokens"),
+    ],
+)
+def test_umt_reader_errors_name_file_and_line(tmp_path, content, message):
+    (tmp_path / "data.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(DataFormatError, match=message):
+        read_umt(tmp_path / "data.txt")
+
+
+def test_jsonl_reader_and_label_set_errors(tmp_path):
+    good = {"tokens": ["Obama", "in", "Paris"], "tags": ["B-PER", "O", "B-LOC"], "image": "9.jpg"}
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "tags": ["O"]}) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"train\.jsonl:2: 3 tokens but 1 tags"):
+        read_jsonl(path)
+    path.write_text(json.dumps(good) + "\n", encoding="utf-8")
+    assert read_jsonl(path)[0].tokens == ["Obama", "in", "Paris"]
+    umt = write_umt(tmp_path / "test.txt", [("1", ["Hi", "Bob"], ["O", "B-PER"]), ("2", ["at", "NASA"], ["O", "B-ORG"])])
+    files = find_split_files([tmp_path])
+    assert list(files) == ["train", "test"]
+    splits = {split: (read_jsonl if p.suffix == ".jsonl" else read_umt)(p) for split, p in files.items()}
+    assert build_tag_feature(splits, files).names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    with pytest.raises(DataFormatError, match=rf"{umt}:7: tag 'B-ORG' has a type outside the label set"):
+        build_tag_feature(splits, files, entity_types=["PER", "LOC"])
+
+
+# --- full benchmarks with the released BLIP-2 captions ----------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["twitter2015", "twitter2017"])
+def blip2_shards(request, shared_data, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name) / "shards"
+    preprocess(
+        data=[shared_data / name],
+        out=out,
+        aligners=[{"type": "precomputed", "paths": [str(shared_data / "captions" / "blip2" / CAPTIONS[name])]}],
+    )
+    return name, out
+
+
+def test_blip2_shards_counts_labels_and_captions(blip2_shards, shared_data):
+    name, out = blip2_shards
+    assert not out.with_name(out.name + ".partial").exists()
+    shards = load_from_disk(str(out))
+    assert list(shards) == ["train", "validation", "test"]
+    assert tuple(len(shards[s]) for s in shards) == TWEETS[name]
+    tags = shards["train"].features["ner_tags"].feature
+    types = sorted(["LOC", "MISC" if name == "twitter2017" else "OTHER", "ORG", "PER"])
+    assert tags.names == ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
+    begins = [tags.names.index(f"B-{t}") for t in types]
+    assert tuple(sum(tag in begins for row in shards[s]["ner_tags"] for tag in row) for s in shards) == ENTITIES[name]
+    captions = {}
+    for line in (shared_data / "captions" / "blip2" / CAPTIONS[name]).read_text(encoding="utf-8").splitlines():
+        image, _, caption = line.partition(" :")
+        captions[image.removesuffix(".jpg")] = caption.strip()
+    for split in shards:
+        for row in shards[split].select_columns(["image_id", "caption", "visual_context", "context_sources"]):
+            caption = captions[row["image_id"]]
+            if row["image_id"] in EMPTY_CAPTIONS:
+                assert row == {**row, "caption": [], "visual_context": "", "context_sources": []}
+            else:
+                assert row == {**row, "caption": [caption], "visual_context": caption,
+                               "context_sources": ["caption:precomputed"]}
+    assert not any(e for s in shards for e in shards[s]["alignment_error"])
+
+
+def test_blip2_shards_tokens_are_byte_identical_to_the_source(blip2_shards, shared_data):
+    name, out = blip2_shards
+    shards = load_from_disk(str(out))
+    for split, stem in SPLITS.items():
+        names = shards[split].features["ner_tags"].feature.names
+        rebuilt = "".join(
+            f"IMGID:{row['image_id']}\n" + "".join(f"{t}\t{names[g]}\n" for t, g in zip(row["tokens"], row["ner_tags"])) + "\n"
+            for row in shards[split]
+        ).encode("utf-8")
+        source = (shared_data / name / f"{stem}.txt").read_bytes()
+        assert rebuilt.rstrip(b"\n") == source.rstrip(b"\n")
+
+
+def test_finished_run_is_reused_and_other_settings_are_refused(blip2_shards, shared_data):
+    name, out = blip2_shards
+    before = (out / "train" / "data-00000-of-00001.arrow").stat().st_mtime_ns
+    context = str(shared_data / "captions" / "blip2" / CAPTIONS[name])
+    result = run_cli("--data", str(shared_data / name), "--context", context, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "already complete" in result.stderr
+    assert (out / "train" / "data-00000-of-00001.arrow").stat().st_mtime_ns == before
+    result = run_cli("--data", str(shared_data / name), "--context", context, "--separator", " ; ", "--out", str(out))
+    assert result.returncode == 2 and "different settings (changed: builder)" in result.stderr
+
+
+# --- real aligners on odd images --------------------------------------------------------------------
+
+
+@pytest.fixture()
+def odd_images(tmp_path, shared_data) -> tuple[Path, Path]:
+    """A tiny dataset whose images are real text images, a PNG behind a .jpg name, missing and corrupt files."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in ("27", "33", "102"):
+        shutil.copy(shared_data / "images" / "twitter2015" / f"{image}.jpg", images)
+    (images / "666.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_umt(data / "train.txt", [
+        ("27", ["Love", "hurts"], ["O", "O"]),
+        ("404", ["Where", "is", "Paris"], ["O", "O", "B-LOC"]),
+        ("33", ["LinkedIn", "skills"], ["B-ORG", "O"]),
+        ("666", ["Broken", "image"], ["O", "O"]),
+        ("102", ["Athletico", "Madrid"], ["B-ORG", "I-ORG"]),
+    ])
+    (data / "contexts.jsonl").write_text(json.dumps({"image_id": "404", "caption": "a map of france"}) + "\n")
+    return data, images
+
+
+def test_cli_with_rapidocr_records_errors_keeps_every_tweet_and_is_deterministic(odd_images, tmp_path):
+    data, images = odd_images
+    common = ["--data", str(data / "train.txt"), "--images", str(images),
+              "--context", str(data / "contexts.jsonl"), "--aligner", "rapidocr:threads=1", "--batch-size", "2"]
+    one = run_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    assert "train: 5 tweets, 4 with visual context, 2 with alignment errors" in one.stdout
+    two = run_cli(*common, "--num-proc", "2", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    rows = load_from_disk(str(tmp_path / "one"))["train"].to_list()
+    assert load_from_disk(str(tmp_path / "two"))["train"].to_list() == rows
+    by_image = {row["image_id"]: row for row in rows}
+    assert [row["image_id"] for row in rows] == ["27", "404", "33", "666", "102"]
+    assert by_image["27"]["visual_context"] == "The more people you love, the weaker you are."
+    assert by_image["27"]["context_sources"] == ["ocr:rapidocr"]
+    assert by_image["102"]["ocr"] == ["ATHLETICO"]
+    assert by_image["33"]["ocr"][0] == "Most endorsed for..." and by_image["33"]["alignment_error"] == ""
+    assert by_image["404"]["alignment_error"] == f"image not found: {images / '404.jpg'}"
+    assert by_image["404"]["visual_context"] == "a map of france"
+    assert by_image["404"]["context_sources"] == ["caption:precomputed"]
+    assert by_image["666"]["alignment_error"].startswith(f"cannot read image {images / '666.jpg'}")
+    assert by_image["666"]["visual_context"] == "" and by_image["666"]["tokens"] == ["Broken", "image"]
+    settings = json.loads((tmp_path / "one" / "preprocess_settings.json").read_text())
+    assert [a["type"] for a in settings["aligners"]] == ["precomputed", "rapidocr"]
+
+
+def test_cli_refuses_image_aligners_without_images(odd_images, tmp_path):
+    data, _ = odd_images
+    result = run_cli("--data", str(data / "train.txt"), "--aligner", "rapidocr", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "read images: pass the images folder (--images)" in result.stderr
+
+
+def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path, shared_data):
+    images = shared_data / "images" / "twitter2015"
+    ids = sorted(p.stem for p in images.glob("*.jpg"))[:12]
+    data = write_umt(tmp_path / "train.txt", [(i, ["tweet", i], ["O", "O"]) for i in ids])
+    out = tmp_path / "shards"
+    args = ["-m", "preprocess", "--data", str(data), "--images", str(images), "--aligner", "rapidocr:threads=1",
+            "--chunk-size", "2", "--batch-size", "1", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    chunks = out.with_name("shards.partial") / "train"
+    deadline = time.time() + 240
+    while not (chunks / "chunk-00001").is_dir():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    finished = sorted(p for p in chunks.iterdir() if not p.name.endswith(".tmp"))
+    assert 2 <= len(finished) < 6
+    assert all(len(load_from_disk(str(p))) == 2 for p in finished)
+    resumed = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    skipped = [line for line in resumed.stderr.splitlines() if "already done" in line]
+    assert len(skipped) == len(finished)
+    rows = load_from_disk(str(out))["train"].to_list()
+    assert [row["image_id"] for row in rows] == ids
+    assert not any(row["alignment_error"] for row in rows)
+    fresh = run_cli(*args[2:-1], str(tmp_path / "fresh"), timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    assert load_from_disk(str(tmp_path / "fresh"))["train"].to_list() == rows
