@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +57,30 @@ def image_id_from_name(name: str) -> str:
     if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
         return stem
     return base
+
+
+def iter_jsonl(
+    path: str | Path, required: Sequence[str] = (), error: type[ValueError] = ValueError
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for the non-blank lines of a JSONL file (a BOM is accepted).
+
+    Args:
+        path: The file.
+        required: Keys every object must have.
+        error: The exception raised for a bad line; its message names the file and line.
+    """
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path}:{number}: invalid JSON: {err}") from err
+            missing = [key for key in required if not isinstance(record, dict) or key not in record]
+            if missing or not isinstance(record, dict):
+                raise error(f"{path}:{number}: each line must be a JSON object with the keys {list(required)}; missing {missing}")
+            yield number, record
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -662,25 +686,16 @@ class PrecomputedAligner(Aligner):
     def _read_jsonl(self, path: str) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"precomputed context file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
+        for number, record in iter_jsonl(path, required=("image_id",)):
+            image_id = image_id_from_name(str(record["image_id"]))
+            for segment in SEGMENTS:
+                value = record.get(segment)
+                if value is None:
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: invalid JSON: {err}") from err
-                if not isinstance(record, dict) or "image_id" not in record:
-                    raise ValueError(f"{path}:{number}: each line must be an object with an 'image_id' key")
-                image_id = image_id_from_name(str(record["image_id"]))
-                for segment in SEGMENTS:
-                    value = record.get(segment)
-                    if value is None:
-                        continue
-                    pieces = [value] if isinstance(value, str) else value
-                    if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
-                        raise ValueError(f"{path}:{number}: '{segment}' must be a string or a list of strings")
-                    self._add(image_id, segment, pieces)
+                pieces = [value] if isinstance(value, str) else value
+                if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
+                    raise ValueError(f"{path}:{number}: '{segment}' must be a string or a list of strings")
+                self._add(image_id, segment, pieces)
 
     def align(self, images: Sequence[Any], image_ids: Sequence[str] | None = None) -> list[Segments]:
         if image_ids is None or len(image_ids) != len(images):

@@ -12,13 +12,14 @@ optional ``"id"``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import ClassLabel
+
+from alignment_ita import iter_jsonl
 
 #: Split names accepted in file names, mapped to the DatasetDict split (UMT's ``valid`` → ``validation``).
 SPLIT_ALIASES: dict[str, str] = {
@@ -116,28 +117,18 @@ def read_jsonl(path: str | Path) -> list[Example]:
     """
     path = Path(path)
     examples: list[Example] = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{number}: invalid JSON: {err}") from err
-            missing = [k for k in ("tokens", "tags", "image") if not isinstance(record, dict) or k not in record]
-            if missing:
-                raise DataFormatError(f"{path}:{number}: missing keys {missing} (need 'tokens', 'tags', 'image')")
-            tokens, tags = record["tokens"], record["tags"]
-            if not all(isinstance(x, str) for x in [*tokens, *tags]):
-                raise DataFormatError(f"{path}:{number}: 'tokens' and 'tags' must be lists of strings")
-            if len(tokens) != len(tags) or not tokens:
-                raise DataFormatError(f"{path}:{number}: {len(tokens)} tokens but {len(tags)} tags")
-            if any(t == "" for t in tokens):
-                raise DataFormatError(f"{path}:{number}: empty token")
-            for tag in tags:
-                _check_tag(tag, path, number)
-            example_id = str(record.get("id", len(examples)))
-            examples.append(Example(example_id, list(tokens), list(tags), str(record["image"] or ""), [number] * len(tags)))
+    for number, record in iter_jsonl(path, required=("tokens", "tags", "image"), error=DataFormatError):
+        tokens, tags = record["tokens"], record["tags"]
+        if not isinstance(tokens, list) or not isinstance(tags, list) or not all(isinstance(x, str) for x in [*tokens, *tags]):
+            raise DataFormatError(f"{path}:{number}: 'tokens' and 'tags' must be lists of strings")
+        if len(tokens) != len(tags) or not tokens:
+            raise DataFormatError(f"{path}:{number}: {len(tokens)} tokens but {len(tags)} tags")
+        if any(t == "" for t in tokens):
+            raise DataFormatError(f"{path}:{number}: empty token")
+        for tag in tags:
+            _check_tag(tag, path, number)
+        example_id = str(record.get("id", len(examples)))
+        examples.append(Example(example_id, list(tokens), list(tags), str(record["image"] or ""), [number] * len(tags)))
     return examples
 
 
