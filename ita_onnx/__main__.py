@@ -1,0 +1,48 @@
+"""Command line: `python -m ita_onnx export <checkpoint> <out> [--int8]` and `python -m ita_onnx quantize <out>`."""
+
+import argparse
+import sys
+from typing import Optional
+
+try:
+    from .quantize import TARGETS
+except ImportError as error:
+    sys.exit(f"python -m ita_onnx needs the ONNX extra (optimum, optimum-onnx, onnxruntime): {error}. "
+             "Install it with `pip install 'ita-mner[onnx]'`.")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ita_onnx", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="export an ITA checkpoint's emissions graph with optimum")
+    export.add_argument("checkpoint", help="a saved ITA checkpoint (folder or Hub id) with its tokenizer")
+    export.add_argument("output", help="folder for model.onnx, crf.safetensors, config and tokenizer")
+    export.add_argument("--int8", action="store_true", help="also write model_quantized.onnx (dynamic int8)")
+    export.add_argument("--int8-target", choices=TARGETS, default="avx512_vnni",
+                        help="CPU family of the int8 scheme (default: %(default)s)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: optimum's)")
+    export.add_argument("--atol", type=float, default=None,
+                        help="tolerance of the export-time check against PyTorch (default: 1e-4)")
+
+    quantize = commands.add_parser("quantize", help="write model_quantized.onnx beside an existing export")
+    quantize.add_argument("folder", help="an export made by `python -m ita_onnx export`")
+    quantize.add_argument("--target", choices=TARGETS, default="avx512_vnni",
+                          help="CPU family of the int8 scheme (default: %(default)s)")
+    quantize.add_argument("--per-channel", action="store_true", help="one scale per weight output channel")
+
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        from .export import export_ita
+
+        folder = export_ita(args.checkpoint, args.output, int8=args.int8, int8_target=args.int8_target,
+                            opset=args.opset, atol=args.atol)
+        print(f"Exported to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    else:
+        from .quantize import quantize_int8
+
+        print(f"Wrote {quantize_int8(args.folder, target=args.target, per_channel=args.per_channel)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
