@@ -620,7 +620,10 @@ class Florence2Aligner(Aligner):
             inputs = inputs.to(self.model.device)
             with torch.inference_mode():
                 generated = self.model.generate(**inputs, **self.generate_kwargs)
-            texts = self.processor.batch_decode(generated, skip_special_tokens=False)
+            # Special tokens are kept because <OD> answers are <loc_*> tokens; padding of the shorter
+            # answers in a batch is not, and the pure-text parser would leave it in the text.
+            pad = self.processor.tokenizer.pad_token
+            texts = [t.replace(pad, "") for t in self.processor.batch_decode(generated, skip_special_tokens=False)]
             for i, image, text in zip(present, batch, texts):
                 parsed = self.processor.post_process_generation(text, task=task, image_size=image.size)[task]
                 results[i][self.TASK_SEGMENTS[task]].extend(self.segment_from_parsed(task, parsed))

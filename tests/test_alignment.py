@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 import alignment_ita
 from alignment_ita import (
     CaptionAligner,
+    Florence2Aligner,
     ObjectTagAligner,
     PrecomputedAligner,
     RapidOCRAligner,
@@ -330,3 +331,90 @@ def test_captions_through_the_image_to_text_pipeline(tiny_captioner):
     assert [results[0]["caption"], results[2]["caption"]] == [[e] if e else [] for e in expected]
     assert any(expected) and all(len(e.split()) <= 4 for e in expected)
     assert aligner_from_dict(aligner.to_dict()).align(images) == results
+
+
+# --- Florence-2 ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_florence2(tmp_path_factory) -> Path:
+    """A tiny random Florence-2 (DaViT + BART) with an offline byte-level BPE tokenizer, saved as a folder.
+
+    The last decoder layer norm is set to output a constant vector that the embedding of " dog" points
+    along, so greedy decoding writes " dog" again and again: an exact, known answer for every task.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        BartConfig,
+        BartTokenizerFast,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["What does the image describe?", "Locate the objects with category name in the image.",
+              "What is the text in the image?", "a dog on the grass", "a man in a black shirt"] * 5
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = BartTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)] + ["<od>", "</od>", "<ocr>", "</ocr>"])
+    # 32x32 pixels → DaViT stages of stride 4 and 2 → 4x4 = 16 patch tokens + 1 pooled token.
+    image_processor = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False, image_seq_length=17)
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                   post_processor_config={"pure_text": {}, "description_with_bboxes": {}})
+    vision = Florence2VisionConfig(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
+                                   patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 2),
+                                   num_groups=(2, 2), window_size=2, projection_dim=32, max_position_embeddings=8)
+    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+                      max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=0,
+                      eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0)
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(
+        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
+    (dog,) = tokenizer(" dog", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        norm = model.model.language_model.decoder.layers[-1].final_layer_norm
+        direction = torch.randn(32)
+        norm.weight.zero_()
+        norm.bias.copy_(direction)
+        model.get_input_embeddings().weight[dog] = direction * 5
+    folder = tmp_path_factory.mktemp("florence2")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_florence2_runs_each_task_into_its_segment(tiny_florence2):
+    settings = {"max_new_tokens": 5, "do_sample": False, "num_beams": 1}
+    aligner = Florence2Aligner(str(tiny_florence2), generate_kwargs=settings)
+    results = aligner.align([noise_image(0), None, noise_image(1)])
+    # <s> then " dog" x3 then the forced </s>; <OD> answers without <loc_*> boxes give no tags.
+    expected = {"caption": ["dog dog dog"], "objects": [], "ocr": ["dog dog dog"]}
+    assert results == [expected, {"caption": [], "objects": [], "ocr": []}, expected]
+    only_ocr = Florence2Aligner(str(tiny_florence2), tasks=["<OCR>"], generate_kwargs=settings)
+    assert only_ocr(noise_image(0)) == {"caption": [], "objects": [], "ocr": ["dog dog dog"]}
+    assert aligner_from_dict(aligner.to_dict()).to_dict() == aligner.to_dict()
+    with pytest.raises(ValueError, match="unsupported Florence-2 tasks"):
+        Florence2Aligner(str(tiny_florence2), tasks=["<SEGMENT>"])
+
+
+def test_florence2_object_answers_are_parsed_by_the_real_post_processor(tiny_florence2):
+    aligner = Florence2Aligner(str(tiny_florence2), top_k=2)
+    answer = "</s><s>black shirt<loc_10><loc_20><loc_30><loc_40>dog<loc_1><loc_2><loc_3><loc_4>black shirt<loc_5><loc_6><loc_7><loc_8>cat<loc_1><loc_2><loc_3><loc_4></s>"
+    parsed = aligner.processor.post_process_generation(answer, task="<OD>", image_size=(80, 60))["<OD>"]
+    assert parsed["labels"] == ["black shirt", "dog", "black shirt", "cat"]
+    assert aligner.segment_from_parsed("<OD>", parsed) == ["black shirt", "dog"]
+    assert aligner.segment_from_parsed("<OCR>", " Z ") == []
+    assert aligner.segment_from_parsed("<CAPTION>", " a  dog\n") == ["a dog"]
