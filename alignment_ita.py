@@ -438,8 +438,8 @@ class RapidOCRAligner(Aligner):
     Args:
         min_score: Minimum recognition confidence of a text line.
         min_chars: Minimum number of letters/digits in a kept line.
-        threads: ONNX Runtime intra-op threads (``None`` = runtime default). Set 1 when running
-            several processes so they do not oversubscribe the cores.
+        threads: ONNX Runtime intra-op and OpenCV threads (``None`` = library defaults). Set 1 when
+            running several processes so they do not oversubscribe the cores.
     """
 
     type = "rapidocr"
@@ -453,6 +453,9 @@ class RapidOCRAligner(Aligner):
         self.threads = threads
         params: dict[str, Any] = {"Global.log_level": "error", "Global.text_score": min_score}
         if threads is not None:
+            import cv2  # a RapidOCR dependency; its pre/post-processing has its own thread pool
+
+            cv2.setNumThreads(threads)
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self.engine = RapidOCR(params=params)

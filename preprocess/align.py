@@ -84,7 +84,8 @@ class BatchAligner:
         self.max_pixels = max_pixels
 
     def _load(self, name: str) -> tuple[Any, str]:
-        if self.images_dir is None:
+        # A tweet without an image is a plain text example, not an error.
+        if self.images_dir is None or not name:
             return None, ""
         path = find_image_file(self.images_dir, name)
         if path is None:

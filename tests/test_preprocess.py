@@ -208,6 +208,20 @@ def test_cli_with_rapidocr_records_errors_keeps_every_tweet_and_is_deterministic
     assert [a["type"] for a in settings["aligners"]] == ["precomputed", "rapidocr"]
 
 
+def test_jsonl_dataset_with_a_tweet_without_image(odd_images, tmp_path):
+    _, images = odd_images
+    rows = [{"tokens": ["Love"], "tags": ["O"], "image": "27.jpg", "id": "a"},
+            {"tokens": ["No", "image", "Obama"], "tags": ["O", "O", "B-PER"], "image": "", "id": "b"}]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    shards = preprocess(data=[data], out=tmp_path / "out", aligners=[{"type": "rapidocr"}], images_dir=images)
+    assert list(shards) == ["validation"]
+    first, second = shards["validation"].to_list()
+    assert (first["id"], first["image_id"], first["ocr"]) == ("a", "27", ["The more people you love,", "the weaker you are."])
+    assert (second["id"], second["image_id"], second["visual_context"], second["alignment_error"]) == ("b", "", "", "")
+    assert shards["validation"].features["ner_tags"].feature.names == ["O", "B-PER", "I-PER"]
+
+
 def test_cli_refuses_image_aligners_without_images(odd_images, tmp_path):
     data, _ = odd_images
     result = run_cli("--data", str(data / "train.txt"), "--aligner", "rapidocr", "--out", str(tmp_path / "x"))
