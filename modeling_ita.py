@@ -17,9 +17,18 @@ from transformers.utils import ModelOutput
 try:
     from .configuration_ita import ITAConfig
     from .crf_ita import PAD_TAG, ConditionalRandomField, bio_transition_constraints
+    from .pipeline_ita import add_custom_pipeline
+
+    # transformers 4.x copies only the *direct* relative imports of this file into its modules cache when a
+    # checkpoint is loaded from a local folder (fixed upstream in huggingface/transformers#46022), so the modules
+    # that pipeline_ita imports are named here too; without them loading or re-saving the model fails.
+    from .alignment_ita import VisualContextBuilder  # noqa: F401
+    from .encoding_ita import encode_example  # noqa: F401
+    from .pretokenizer_ita import TweetPreTokenizer  # noqa: F401
 except ImportError:
     from configuration_ita import ITAConfig
     from crf_ita import PAD_TAG, ConditionalRandomField, bio_transition_constraints
+    from pipeline_ita import add_custom_pipeline
 
 
 @dataclass
@@ -101,6 +110,7 @@ class ITAForTokenClassification(ITAPreTrainedModel):
 
     def __init__(self, config: ITAConfig):
         super().__init__(config)
+        add_custom_pipeline(config)
         self.encoder = AutoModel.from_config(config.encoder_config)
         _drop_pooler(self.encoder)
         self.word_dropout = ITAWordDropout(config.word_dropout)

@@ -1,0 +1,501 @@
+# coding=utf-8
+"""The `"multimodal-ner"` pipeline: a tweet (and its image) in, named entities out.
+
+This file is remote code: `modeling_ita.py` imports it, so every checkpoint carries it and records it in
+`config.custom_pipelines`; `pipeline(model=<checkpoint>, trust_remote_code=True)` then returns
+`MultimodalNERPipeline`. It imports only the standard library, numpy, torch and transformers at top level,
+and its siblings through flat relative imports (with an absolute fallback for the checkout).
+"""
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification, PretrainedConfig
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
+from transformers.utils import logging
+
+try:
+    from .alignment_ita import (
+        Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
+    )
+    from .crf_ita import marginals_numpy, viterbi_decode_numpy
+    from .encoding_ita import TweetTooLongError, encode_example, pad_batch
+    from .pretokenizer_ita import TweetPreTokenizer
+except ImportError:
+    from alignment_ita import (
+        Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
+    )
+    from crf_ita import marginals_numpy, viterbi_decode_numpy
+    from encoding_ita import TweetTooLongError, encode_example, pad_batch
+    from pretokenizer_ita import TweetPreTokenizer
+
+logger = logging.get_logger(__name__)
+
+TASK = "multimodal-ner"
+AGGREGATION_STRATEGIES = ("none", "simple")
+# Encoders whose position ids start after the padding index, so `padding_idx + 1` positions are unusable.
+_OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+_INPUT_KEYS = ("text", "tokens", "image", "image_id", "visual_context")
+
+
+@dataclass
+class TweetInput:
+    """One tweet on its way through the pipeline, shared by all its windows.
+
+    A dataclass rather than a dict: `Pipeline.forward` walks dicts, lists and tuples of every model input and
+    output to move tensors between devices, which would cost time per word for every window of a long text.
+    """
+
+    text: str  # the caller's text, or `" ".join(words)` for a word list
+    words: list[str]
+    offsets: list[tuple[int, int]]  # character span of each word in `text`
+    visual_context: str
+
+
+class MultimodalNERPipeline(ChunkPipeline):
+    r"""Multimodal named entity recognition with ITA: tags the words of a tweet, reading its image as text.
+
+    The image is turned into a visual context by the aligners the checkpoint was trained with (object tags,
+    captions, OCR; recorded in `config.aligners`), or by the `aligners` you pass; the encoder reads the tweet
+    followed by that context, and a CRF tags the tweet's words (SPEC §2). Without an image, or when the image
+    cannot be read, the tweet is tagged alone, which a cross-view-aligned checkpoint is trained for (SPEC §3).
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> ner = pipeline(model="path/to/ita-checkpoint", trust_remote_code=True)
+    >>> ner("Kawhi Leonard wins the fan vote 🏀 https://t.co/x", image="photo.jpg")
+    [{'entity_group': 'PER', 'score': 0.98, 'word': 'Kawhi Leonard', 'start': 0, 'end': 13}]
+    ```
+
+    Inputs (see `__call__`): a raw string (split into words by the tweet-aware `TweetPreTokenizer`) or a list
+    of words, with an optional image (PIL image, path or URL), image id, or ready `visual_context`; one input,
+    a list, or any iterable / generator of inputs. A `datasets.Dataset` row (e.g. of `python -m preprocess`
+    output: `tokens`, `image_id`, `visual_context`) is an input as it is, and a whole `Dataset` is read as a
+    generator of its rows, so results come back as an iterator.
+
+    Model contract. The pipeline needs from `model` only:
+        - `model.config`: an `ITAConfig` (labels, `crf_bio_constraints`, context order and separator,
+          `max_context_tokens`, `aligners`, encoder sizes);
+        - `model.crf`: a `ConditionalRandomField` (its `transitions`, `start_transitions`, `end_transitions` and
+          `decoding_parameters()`);
+        - `model(input_ids=..., attention_mask=..., [token_type_ids=...,] word_index=...)` returning the
+          emissions `logits` of shape `(batch_size, num_words, num_labels)` (attribute, key or first element).
+    All decoding happens in `postprocess` with numpy: constrained Viterbi (`viterbi_decode_numpy` on
+    `crf.decoding_parameters()` when `config.crf_bio_constraints`) and forward–backward marginals
+    (`marginals_numpy` on the raw CRF scores) for the scores. So any model object with that interface, e.g. an
+    ONNX Runtime wrapper, runs through this pipeline unchanged.
+
+    Long tweets. A tweet whose words do not fit the encoder is split into windows of whole words that overlap
+    by `stride` words; every window is read with the visual context, each word takes its emissions from the
+    window where it is farthest from an edge, and one Viterbi pass decodes the whole tweet, so every word is
+    tagged and the tags are valid BIO across window seams.
+
+    Args:
+        aligners (`Aligner`, `dict` or a list of them, *optional*):
+            Aligners (objects of `alignment_ita`, or their `to_dict()` specs) that turn an image into visual
+            context, used instead of the checkpoint's `config.aligners`. `[]` tags text only. Built once, when
+            the pipeline is created.
+        **kwargs: the usual `Pipeline` arguments (`model`, `tokenizer`, `device`, `batch_size`, ...) and any
+            call argument of `__call__` as a default.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, aligners: Union[None, Aligner, dict, list] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None or not self.tokenizer.is_fast:
+            raise ValueError(
+                "The multimodal-ner pipeline needs the encoder's fast tokenizer (word ids locate each word's first "
+                "sub-token): save it into the checkpoint or pass tokenizer=AutoTokenizer.from_pretrained(..., use_fast=True)."
+            )
+        config = self.model.config
+        self.pre_tokenizer = TweetPreTokenizer()
+        self.context_builder = VisualContextBuilder(order=config.context_order, separator=config.context_separator)
+        self.aligners = self._build_aligners(aligners)
+        self.max_length = self._encoder_limit()
+        self._crf_cache_key: Optional[tuple[bytes, bool]] = None
+        self._crf_cache: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] = ((), ())
+
+    def _build_aligners(self, aligners: Union[None, Aligner, dict, list]) -> list[Aligner]:
+        """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable."""
+        if aligners is not None:
+            given = aligners if isinstance(aligners, (list, tuple)) else [aligners]
+            built = [a if isinstance(a, Aligner) else aligner_from_dict(a) for a in given]
+            return built
+        built, unavailable = [], []
+        for spec in self.model.config.aligners:
+            try:
+                built.append(aligner_from_dict(spec))
+            except Exception as err:  # noqa: BLE001 - any failure (missing file, package, model) is reported below.
+                kind = "precomputed contexts" if spec_is_precomputed(spec) else "aligner"
+                unavailable.append(f"{spec.get('type')!r} {kind} ({type(err).__name__}: {err})")
+        if unavailable:
+            outcome = (
+                "Images are ignored and tweets are tagged text-only"
+                if not built
+                else f"Only {[a.type for a in built]} will turn images into context"
+            )
+            logger.warning(
+                f"This checkpoint was trained with visual context from {len(self.model.config.aligners)} aligner(s), "
+                f"of which these cannot be rebuilt here: {'; '.join(unavailable)}. {outcome}. Pass `aligners=` "
+                "(e.g. alignment_ita.RapidOCRAligner()) to the pipeline, or `visual_context=` with each call."
+            )
+        return built
+
+    def _encoder_limit(self) -> int:
+        """Sub-tokens the encoder reads at most: the tokenizer's limit, capped by the position embeddings."""
+        encoder_config = self.model.config.encoder_config
+        positions = encoder_config.max_position_embeddings
+        if encoder_config.model_type in _OFFSET_POSITION_MODEL_TYPES:
+            positions -= (encoder_config.pad_token_id or 0) + 1
+        return min(self.tokenizer.model_max_length, positions)
+
+    def _sanitize_parameters(
+        self,
+        visual_context: Optional[str] = None,
+        stride: Optional[int] = None,
+        timeout: Optional[float] = None,
+        aggregation_strategy: Optional[str] = None,
+        return_visual_context: Optional[bool] = None,
+    ):
+        preprocess_params: dict[str, Any] = {}
+        if visual_context is not None:
+            if not isinstance(visual_context, str):
+                raise TypeError(f"`visual_context` must be a str, got {type(visual_context).__name__}.")
+            preprocess_params["visual_context"] = visual_context
+        if stride is not None:
+            if stride < 0:
+                raise ValueError(f"`stride` (words shared by consecutive windows of a long tweet) must be >= 0, got {stride}.")
+            preprocess_params["stride"] = stride
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        postprocess_params: dict[str, Any] = {}
+        if aggregation_strategy is not None:
+            strategy = getattr(aggregation_strategy, "value", aggregation_strategy)
+            if strategy not in AGGREGATION_STRATEGIES:
+                raise ValueError(
+                    f"`aggregation_strategy` must be one of {AGGREGATION_STRATEGIES}, got {aggregation_strategy!r}. "
+                    "ITA tags whole words, so the sub-token strategies 'first', 'average' and 'max' do not apply."
+                )
+            postprocess_params["aggregation_strategy"] = strategy
+        if return_visual_context is not None:
+            postprocess_params["return_visual_context"] = return_visual_context
+        return preprocess_params, {}, postprocess_params
+
+    def __call__(self, text: Any = None, image: Any = None, is_split_into_words: bool = False, **kwargs):
+        r"""Finds the named entities of one or several tweets.
+
+        Accepted forms:
+            - `pipe(text, image=...)` / `pipe(text=..., image=...)`: one tweet;
+            - `pipe({"text": ..., "image": ..., "image_id": ..., "visual_context": ...})`: one tweet (other keys,
+              e.g. of a dataset row, are ignored; `tokens` stands for `text` as a word list);
+            - `pipe([...])` of strings, word lists or dicts: a batch; `image` is then one image for all, or a
+              list of the same length;
+            - a generator or other iterable of those, or a `datasets.Dataset` (read row by row): an iterator of
+              results, processed lazily in batches of `batch_size`.
+
+        Args:
+            text (`str`, `list[str]`, `dict`, list or iterable of those):
+                A raw tweet, split by the tweet-aware pre-tokenizer, or a list of words (then offsets refer to
+                `" ".join(words)`).
+            image (`PIL.Image.Image`, `str` or `None`):
+                The tweet's image: a PIL image, a local path or an http(s) URL. An image that cannot be read gives
+                one warning and the text-only result.
+            is_split_into_words (`bool`, *optional*, defaults to `False`):
+                Read a list of strings as the words of one tweet rather than as a batch of tweets.
+            visual_context (`str`, *optional*):
+                The text the image became, overriding the aligners ("" tags text only).
+            aggregation_strategy (`str`, *optional*, defaults to `"simple"`):
+                `"simple"`: one dict per entity span (`entity_group`, `score` = mean word score, `word`, `start`,
+                `end`); `"none"`: one dict per word not tagged `O` (`entity`, `score`, `index` = word index,
+                `word`, `start`, `end`).
+            return_visual_context (`bool`, *optional*, defaults to `False`):
+                Return `{"entities": [...], "visual_context": str}` instead of the list of entities.
+            stride (`int`, *optional*, defaults to 16):
+                Words shared by consecutive windows when a tweet is longer than the encoder's limit.
+            timeout (`float`, *optional*, defaults to 10):
+                Seconds to wait for an image URL.
+
+        Returns:
+            A list of entity dicts per tweet (a list of such lists for a batch). `score` is the CRF posterior
+            marginal probability of the decoded tag; `start`/`end` are character offsets into the caller's text.
+        """
+        if text is None:
+            raise ValueError("Give the tweet's text: pipe(text, image=...), pipe({'text': ..., 'image': ...}) or a list.")
+        return super().__call__(self._normalize_inputs(text, image, is_split_into_words), **kwargs)
+
+    def _normalize_inputs(self, text: Any, image: Any, is_split_into_words: bool) -> Any:
+        """Maps every accepted input form to one input dict, a list of them or a generator of them."""
+        if isinstance(text, (str, dict)) or (is_split_into_words and _is_word_list(text)):
+            return _input_dict(text, image)
+        if isinstance(text, list):
+            images = image if isinstance(image, list) else [image] * len(text)
+            if len(images) != len(text):
+                raise ValueError(f"Got {len(text)} texts but {len(images)} images; give one image per text, or a single image.")
+            return [_input_dict(element, element_image) for element, element_image in zip(text, images)]
+        if isinstance(text, Iterable):
+            if image is not None:
+                raise ValueError("With a generator or dataset of inputs, give each input's image inside it ({'text', 'image'}).")
+            # A `datasets.Dataset` is not a generator; the base pipeline only streams generators (and torch
+            # datasets), so rows are read through one.
+            return (_input_dict(element, None) for element in text)
+        raise TypeError(f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list.")
+
+    def preprocess(
+        self, inputs: dict[str, Any], visual_context: Optional[str] = None, stride: int = 16, timeout: float = 10.0
+    ) -> Iterator[dict[str, Any]]:
+        text = inputs["text"]
+        if isinstance(text, str):
+            pieces = self.pre_tokenizer.pre_tokenize_str(text)
+            words = [word for word, _ in pieces]
+            offsets = [offset for _, offset in pieces]
+        else:
+            words, offsets, position = list(text), [], 0
+            for word in words:
+                offsets.append((position, position + len(word)))
+                position += len(word) + 1
+            text = " ".join(words)
+        context = inputs["visual_context"] if inputs["visual_context"] is not None else visual_context
+        if context is None:
+            context = self._align(inputs, timeout) if words else ""
+        item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
+        if not words:
+            yield {"features": None, "span": (0, 0), "keep": (0, 0), "item": item, "is_last": True}
+            return
+        encode = dict(max_context_tokens=self.model.config.max_context_tokens, max_length=self.max_length, text_view=False)
+        try:
+            features = encode_example(self.tokenizer, words, context, **encode)
+        except TweetTooLongError:
+            windows = self._windows(words, context, stride)
+        else:
+            yield {"features": features, "span": (0, len(words)), "keep": (0, len(words)), "item": item, "is_last": True}
+            return
+        for index, (start, end) in enumerate(windows):
+            # Each word belongs to the window where it is farthest from an edge: overlaps are split in the middle.
+            keep_start = 0 if index == 0 else (start + windows[index - 1][1]) // 2
+            keep_end = len(words) if index == len(windows) - 1 else (windows[index + 1][0] + end) // 2
+            yield {
+                "features": encode_example(self.tokenizer, words[start:end], context, **encode),
+                "span": (start, end), "keep": (keep_start, keep_end), "item": item,
+                "is_last": index == len(windows) - 1,
+            }
+
+    def _windows(self, words: list[str], context: str, stride: int) -> list[tuple[int, int]]:
+        """Overlapping word windows `[start, end)` of a tweet too long for the encoder, each leaving room for context."""
+        tokenizer = self.tokenizer
+        word_ids = tokenizer(words, is_split_into_words=True, add_special_tokens=False).word_ids()
+        counts = [0] * len(words)
+        for word_id in word_ids:
+            counts[word_id] += 1
+        # A word with no sub-token is encoded as the unknown token (encoding_ita), i.e. one sub-token.
+        counts = [max(count, 1) for count in counts]
+        context_tokens = len(tokenizer(context.split(), is_split_into_words=True, add_special_tokens=False)["input_ids"]) if context else 0
+        # Leave the context its budget in every window, but never more than half of the encoder.
+        context_share = min(context_tokens, self.model.config.max_context_tokens, self.max_length // 2)
+        budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=bool(context_share)) - context_share
+        windows, start = [], 0
+        while True:
+            end, used = start, 0
+            while end < len(words) and used + counts[end] <= budget:
+                used += counts[end]
+                end += 1
+            if end == start:
+                raise ValueError(
+                    f"The word {words[start][:50]!r}... alone needs {counts[start]} sub-tokens, more than the "
+                    f"{budget} a window of this encoder holds; split it or remove it from the text."
+                )
+            windows.append((start, end))
+            if end == len(words):
+                return windows
+            # Windows overlap by `stride` words, but always advance by at least half a window.
+            start = max(end - stride, start + (end - start + 1) // 2)
+
+    def _load_image(self, image: Any, timeout: float) -> Any:
+        """An RGB PIL image from a PIL image, a local path or an http(s) URL."""
+        if isinstance(image, (str, os.PathLike)):
+            if str(image).startswith(("http://", "https://")):
+                from transformers.image_utils import load_image as load_url_image
+
+                return load_url_image(str(image), timeout=timeout).convert("RGB")
+            return load_image(image)
+        return image.convert("RGB")
+
+    def _align(self, inputs: dict[str, Any], timeout: float) -> str:
+        """The visual context of one input from the pipeline's aligners; "" (and one warning) when it fails."""
+        image, image_id = inputs["image"], inputs["image_id"]
+        if not self.aligners or (image is None and image_id is None):
+            return ""
+        if image_id is None and isinstance(image, (str, os.PathLike)):
+            image_id = image_id_from_name(str(image))
+        problems, picture = [], None
+        if image is not None and any(aligner.needs_images for aligner in self.aligners):
+            try:
+                picture = self._load_image(image, timeout)
+            except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
+                problems.append(f"cannot read the image {_describe(image)} ({type(err).__name__}: {err})")
+        segments: dict[str, list[str]] = {}
+        for aligner in self.aligners:
+            if (picture if aligner.needs_images else image_id) is None:
+                continue
+            try:
+                result = aligner(picture, image_id)
+            except Exception as err:  # noqa: BLE001 - one failing aligner leaves the others' context.
+                problems.append(f"aligner {aligner.type!r} failed ({type(err).__name__}: {err})")
+                continue
+            for name, pieces in result.items():
+                segments.setdefault(name, []).extend(pieces)
+        context, _ = self.context_builder.build(segments)
+        if problems:
+            fallback = "tagging it text-only" if not context else "using the context of the other aligners"
+            logger.warning(f"{'; '.join(problems)}: {fallback}.")
+        return context
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        # With batch_size 1 the inputs come one by one; batched, every field is a list (see `pad_collate_fn`:
+        # the encoded features are plain lists so that `pad_batch` pads `word_index` with -1, not 0).
+        batched = isinstance(model_inputs["is_last"], list)
+        features = model_inputs["features"] if batched else [model_inputs["features"]]
+        present = [i for i, feature in enumerate(features) if feature is not None]
+        num_words = max((len(features[i]["word_index"]) for i in present), default=0)
+        logits = torch.zeros(len(features), num_words, self.model.config.num_labels)
+        if present:
+            batch = pad_batch([features[i] for i in present], self.tokenizer.pad_token_id)
+            outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
+            emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
+            logits[present] = torch.as_tensor(emissions).float().cpu()
+        return {
+            "logits": logits,
+            "span": model_inputs["span"],
+            "keep": model_inputs["keep"],
+            "item": model_inputs["item"],
+            "is_last": model_inputs["is_last"],
+        }
+
+    def _crf_scores(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """(decoding scores, raw scores) of the CRF as float64 arrays: (transitions, start, end) each.
+
+        Rebuilt only when the CRF's values change (keyed on the values themselves, so updates through `.data`
+        count too), since building them per tweet costs as much as decoding the tweet.
+        """
+        crf = self.model.crf
+        parameters = (crf.transitions, crf.start_transitions, crf.end_transitions)
+        with torch.no_grad():
+            values = torch.cat([t.reshape(-1) for t in parameters]).cpu().numpy().tobytes()
+            key = (values, self.model.config.crf_bio_constraints)
+            if self._crf_cache_key != key:
+                decoding = crf.decoding_parameters() if self.model.config.crf_bio_constraints else parameters
+                self._crf_cache = tuple(tuple(t.cpu().double().numpy() for t in scores) for scores in (decoding, parameters))
+                self._crf_cache_key = key
+        return self._crf_cache
+
+    def postprocess(
+        self, all_outputs: list[dict[str, Any]], aggregation_strategy: str = "simple", return_visual_context: bool = False
+    ) -> Union[list[dict[str, Any]], dict[str, Any]]:
+        item = all_outputs[0]["item"]
+        entities: list[dict[str, Any]] = []
+        if item.words:
+            pieces = []
+            for output in all_outputs:
+                (start, _), (keep_start, keep_end) = output["span"], output["keep"]
+                pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
+            emissions = np.concatenate(pieces)[None]
+            mask = np.ones(emissions.shape[:2], dtype=bool)
+            decoding, raw = self._crf_scores()
+            tags = viterbi_decode_numpy(emissions, mask, *decoding)[0]
+            marginals = marginals_numpy(emissions, mask, *raw)[0]
+            scores = marginals[np.arange(len(tags)), tags].tolist()
+            labels = [self.model.config.id2label[int(tag)] for tag in tags]
+            entities = (_word_entities if aggregation_strategy == "none" else _grouped_entities)(item, labels, scores)
+        if return_visual_context:
+            return {"entities": entities, "visual_context": item.visual_context}
+        return entities
+
+
+def _is_word_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(word, str) for word in value)
+
+
+def _describe(image: Any) -> str:
+    return repr(str(image)) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+
+
+def _input_dict(element: Any, image: Any) -> dict[str, Any]:
+    """One input as `{"text", "image", "image_id", "visual_context"}`; checks types so that errors name the input."""
+    if isinstance(element, dict):
+        values = {key: element.get(key) for key in _INPUT_KEYS}
+        if values["text"] is None:
+            values["text"] = values["tokens"]
+        if values["image"] is None:
+            values["image"] = image
+    else:
+        values = {"text": element, "image": image, "image_id": None, "visual_context": None}
+    text = values["text"]
+    if not isinstance(text, str) and not _is_word_list(text):
+        raise TypeError(f"A tweet must be a str or a list of words (str), got {type(text).__name__}: {str(text)[:80]!r}.")
+    if isinstance(text, list) and any(not word for word in text):
+        raise ValueError(f"Words must be non-empty strings; got an empty word in {text[:20]!r}.")
+    picture = values["image"]
+    if picture is not None and not isinstance(picture, (str, os.PathLike)) and not hasattr(picture, "convert"):
+        raise TypeError(f"An image must be a PIL image, a path, a URL or None, got {type(picture).__name__}.")
+    return {"text": text, "image": picture, "image_id": values["image_id"], "visual_context": values["visual_context"]}
+
+
+def _word_entities(item: TweetInput, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    """`aggregation_strategy="none"`: one dict per word not tagged `O`, TokenClassificationPipeline's schema."""
+    return [
+        {"entity": label, "score": score, "index": index, "word": item.words[index], "start": start, "end": end}
+        for index, (label, score, (start, end)) in enumerate(zip(labels, scores, item.offsets))
+        if label != "O"
+    ]
+
+
+def _grouped_entities(item: TweetInput, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    """`aggregation_strategy="simple"`: one dict per BIO span; an `I-X` not continuing an `X` span starts one."""
+    spans: list[tuple[str, list[int]]] = []
+    for index, label in enumerate(labels):
+        if label == "O":
+            continue
+        prefix, entity_type = label.split("-", 1)
+        if prefix == "I" and spans and spans[-1][0] == entity_type and spans[-1][1][-1] == index - 1:
+            spans[-1][1].append(index)
+        else:
+            spans.append((entity_type, [index]))
+    entities = []
+    for entity_type, indices in spans:
+        start, end = item.offsets[indices[0]][0], item.offsets[indices[-1]][1]
+        entities.append({
+            "entity_group": entity_type, "score": sum(scores[i] for i in indices) / len(indices), "word": item.text[start:end],
+            "start": start, "end": end,
+        })
+    return entities
+
+
+def add_custom_pipeline(config: PretrainedConfig) -> None:
+    """Records the multimodal-ner pipeline in `config.custom_pipelines`.
+
+    `modeling_ita` calls this for every model, so every saved checkpoint opens with
+    `pipeline(model=<checkpoint>, trust_remote_code=True)` (the task is inferred from this single entry).
+    The entry has the form `Pipeline.save_pretrained` writes, without the TensorFlow classes transformers 5 dropped.
+    """
+    pipelines = dict(getattr(config, "custom_pipelines", None) or {})
+    pipelines[TASK] = {
+        "impl": f"{MultimodalNERPipeline.__module__.rsplit('.', 1)[-1]}.{MultimodalNERPipeline.__name__}",
+        "pt": [AutoModelForTokenClassification.__name__],
+        "type": "multimodal",
+    }
+    config.custom_pipelines = pipelines
+
+
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=MultimodalNERPipeline, pt_model=AutoModelForTokenClassification, type="multimodal"
+)
