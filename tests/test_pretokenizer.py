@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from preprocess.readers import read_umt
 from pretokenizer_ita import ZERO_WIDTH_SEPARATORS, TweetPreTokenizer
 
 SPLIT = TweetPreTokenizer().pre_tokenize_str
@@ -60,15 +61,7 @@ def test_random_strings_lose_no_character():
 
 def test_agrees_with_the_gold_tokenization_of_twitter2015(shared_data):
     """Re-splitting the data's tweets (joined by spaces) gives back its words; the data splits `'s` as `'` `s`."""
-    tweets, sentence = [], []
-    for line in (shared_data / "twitter2015" / "test.txt").read_text(encoding="utf-8").splitlines():
-        if line.startswith("IMGID:") or not line.strip():
-            if sentence:
-                tweets.append(sentence)
-            sentence = []
-        else:
-            sentence.append(line.split("\t")[0])
-    tweets.append(sentence)
+    tweets = [example.tokens for example in read_umt(shared_data / "twitter2015" / "test.txt")]
     assert len(tweets) == 3257
     same = 0
     for gold in tweets:
