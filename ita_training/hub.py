@@ -1,0 +1,114 @@
+"""The finished output folder as a Hub repository: saving it complete, checking it, uploading it."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+from huggingface_hub import HfApi
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+# Training leftovers that are not part of the model repository.
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth", "training_args.bin"]
+PIPELINE_TASK = "multimodal-ner"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class IncompleteHubFolderError(ValueError):
+    """The output folder lacks something a user of the Hub repository needs."""
+
+
+def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Union[str, Path]) -> None:
+    """Saves weights (safetensors), config with `auto_map`, the remote-code files and the tokenizer to `folder`.
+
+    `modeling_ita` records the multimodal-ner pipeline in the config (`custom_pipelines`) and imports
+    `pipeline_ita` relatively, so `save_pretrained` writes both; a warning says when that is not the case.
+    """
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if PIPELINE_TASK not in (getattr(model.config, "custom_pipelines", None) or {}):
+        logger.warning("The model config has no custom_pipelines entry for %r: %s opens with "
+                       "AutoModelForTokenClassification but not with pipeline(model=..., trust_remote_code=True).",
+                       PIPELINE_TASK, folder)
+
+
+def check_hub_folder(folder: Union[str, Path]) -> list[str]:
+    """Checks that `folder` is a complete ITA model repository and lists the files to upload.
+
+    Complete means: `config.json` with `auto_map` (and every remote-code file it names, with their sibling
+    imports), `custom_pipelines` for the multimodal-ner task and its file, safetensors weights, a fast
+    tokenizer and a `README.md` model card.
+
+    Returns:
+        The relative paths that an upload of the folder sends, sorted.
+
+    Raises:
+        IncompleteHubFolderError: naming every missing piece.
+    """
+    folder = Path(folder)
+    problems: list[str] = []
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    if config is None:
+        problems.append("config.json is missing (save the model with save_pretrained)")
+    else:
+        auto_map = config.get("auto_map") or {}
+        if "AutoModelForTokenClassification" not in auto_map or "AutoConfig" not in auto_map:
+            problems.append("config.json has no auto_map for AutoConfig and AutoModelForTokenClassification")
+        pipelines = config.get("custom_pipelines") or {}
+        if PIPELINE_TASK not in pipelines:
+            problems.append(f"config.json has no custom_pipelines entry for {PIPELINE_TASK!r}")
+        references = list(auto_map.values()) + [pipelines.get(PIPELINE_TASK, {}).get("impl", "")]
+        modules = {reference.split("--")[-1].rsplit(".", 1)[0] for reference in references if reference}
+        for module in sorted(modules):
+            code = folder / f"{module}.py"
+            if not code.is_file():
+                problems.append(f"remote-code file {code.name} is missing")
+                continue
+            for line in code.read_text(encoding="utf-8").splitlines():
+                # Flat relative sibling imports (`from .crf_ita import ...`) must travel with the file.
+                stripped = line.strip()
+                if stripped.startswith("from .") and not (folder / f"{stripped.split()[1][1:]}.py").is_file():
+                    problems.append(f"{code.name} imports {stripped.split()[1]} but its file is missing")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        problems.append("no safetensors weights (model.safetensors)")
+    missing_tokenizer = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing_tokenizer:
+        problems.append(f"tokenizer files {missing_tokenizer} are missing (save the tokenizer beside the model)")
+    if not (folder / "README.md").is_file():
+        problems.append("README.md (the model card) is missing")
+    if problems:
+        raise IncompleteHubFolderError(f"{folder} is not a complete Hub repository: " + "; ".join(problems))
+    ignored = [path for pattern in IGNORE_PATTERNS for path in folder.glob(pattern)]
+    return sorted(
+        str(path.relative_to(folder)) for path in folder.rglob("*")
+        if path.is_file() and not any(path == i or i in path.parents for i in ignored)
+    )
+
+
+def push_folder(
+    folder: Union[str, Path],
+    repo_id: str,
+    token: Optional[str] = None,
+    private: bool = False,
+    commit_message: str = "Upload ITA model",
+) -> str:
+    """Checks `folder` with `check_hub_folder`, creates `repo_id` if needed and uploads the folder in one commit.
+
+    Checkpoints and other training leftovers are not uploaded (see `IGNORE_PATTERNS`).
+
+    Returns:
+        The URL of the Hub commit.
+    """
+    files = check_hub_folder(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    logger.info("Uploading %d files from %s to %s", len(files), folder, repo_id)
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
+        ignore_patterns=IGNORE_PATTERNS,
+    )
+    return str(getattr(commit, "commit_url", commit))

@@ -1,0 +1,266 @@
+"""train.py end to end on a tiny random encoder: training, the Hub folder, resume, push, the optimiser schedule."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+from safetensors.torch import load_file
+
+import train
+from fresh_process import run_fresh_python
+from ita_training.hub import IGNORE_PATTERNS, IncompleteHubFolderError, check_hub_folder, push_folder
+from preprocess.shards import SETTINGS_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+TWEETS = [
+    ("Kawhi Leonard wins the vote in Toronto", "B-PER I-PER O O O O B-LOC", "a basketball player on a court"),
+    ("Obama visits Paris today", "B-PER O B-LOC O", "a man in a suit waving"),
+    ("Apple opens a store in London", "B-ORG O O O O B-LOC", "a glass building with a logo"),
+    ("RT @NBA : Warriors beat the Lakers", "O O O B-ORG O O B-ORG", ""),
+    ("Taylor Swift sings at Wembley", "B-PER I-PER O O B-LOC", "a woman singing on stage"),
+    ("Google and Microsoft shares fall", "B-ORG O B-ORG O O", "a stock chart"),
+    ("Happy Christmas from New York", "O B-MISC O B-LOC I-LOC", "a christmas tree in a city"),
+    ("Messi scores for Barcelona again", "B-PER O O B-ORG O", "a soccer player celebrating"),
+]
+
+
+def tiny_rows(tweets):
+    rows = {"id": [], "tokens": [], "ner_tags": [], "image_id": [], "caption": [], "objects": [], "ocr": [],
+            "visual_context": []}
+    for i, (text, tags, caption) in enumerate(tweets):
+        rows["id"].append(str(i))
+        rows["tokens"].append(text.split())
+        rows["ner_tags"].append([LABELS.index(tag) for tag in tags.split()])
+        rows["image_id"].append(f"img{i}")
+        rows["caption"].append([caption] if caption else [])
+        rows["objects"].append(["shirt", "ball"] if caption else [])
+        rows["ocr"].append(["SALE"] if caption else [])
+        # The shards' context uses every segment; --context_columns caption must rebuild it from captions only.
+        rows["visual_context"].append(f"{caption} | shirt, ball | SALE" if caption else "")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """A DatasetDict with the columns of `python -m preprocess` output, and its settings file."""
+    features = Features({
+        "id": Value("string"), "tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=LABELS)),
+        "image_id": Value("string"), "caption": Sequence(Value("string")), "objects": Sequence(Value("string")),
+        "ocr": Sequence(Value("string")), "visual_context": Value("string"),
+    })
+    split = Dataset.from_dict(tiny_rows(TWEETS), features=features)
+    folder = tmp_path_factory.mktemp("data") / "tiny-shards"
+    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(str(folder))
+    settings = {
+        "aligners": [
+            {"type": "precomputed", "precomputed": True, "paths": ["/data/BLIP2_17.txt"], "format": "auto"},
+            {"type": "rapidocr", "precomputed": False, "min_score": 0.5, "min_chars": 2, "threads": None},
+        ],
+        "builder": {"order": ["caption", "objects", "ocr"], "separator": " | ", "max_words_per_segment": None,
+                    "max_words": None},
+    }
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory, minilm_dir) -> Path:
+    """A one-layer random BERT with the MiniLM tokenizer, saved like a Hub encoder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder
+
+
+def train_args(shards: Path, encoder: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_path", str(shards), "--encoder_name_or_path", str(encoder), "--output_dir", str(output_dir),
+        "--learning_rate", "3e-3", "--crf_learning_rate", "5e-2", "--per_device_train_batch_size", "4",
+        "--num_train_epochs", "6", "--logging_steps", "1", "--disable_tqdm", "True", "--seed", "0",
+        "--context_columns", "caption", "--word_dropout", "0.0", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tiny_encoder, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "ita-tiny"
+    results = train.run(*train.parse_args(train_args(shards, tiny_encoder, output_dir, "--hub_model_id", "me/ita-tiny")))
+    return output_dir, results
+
+
+def test_help_lists_the_ita_options():
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    for option in ("--encoder_name_or_path", "--dataset_path", "--context_columns", "--cva", "--cva_temperature",
+                   "--cva_weight", "--crf_learning_rate", "--gradient_accumulation_steps", "--max_grad_norm",
+                   "--push_to_hub", "--hub_model_id", "--bf16"):
+        assert option in result.stdout, option
+
+
+def test_training_lowers_the_loss_and_writes_both_modes(trained):
+    output_dir, results = trained
+    losses = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    assert len(losses) == 12  # 8 tweets, batch 4, 6 epochs
+    assert sum(losses[-2:]) < 0.75 * sum(losses[:2]), losses
+    test = json.loads((output_dir / "test_results.json").read_text())
+    for mode in ("with_context", "text_only"):
+        assert 0.0 <= test[f"test_{mode}_f1"] <= 1.0
+        assert test[f"test_{mode}_number"] == 8  # entities in the 4 test tweets
+    assert test["test_mean_f1"] == pytest.approx((test["test_with_context_f1"] + test["test_text_only_f1"]) / 2)
+    # The dev metrics reported are those of the epoch whose weights were kept.
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert results["eval"]["eval_mean_f1"] == pytest.approx(state["best_metric"])
+    assert len(results["epoch_train_seconds"]) == 6 and results["epoch_steps"] == [2] * 6
+
+
+def test_context_columns_rebuild_the_context_and_record_its_aligner(trained, shards):
+    output_dir, _ = trained
+    config = json.loads((output_dir / "config.json").read_text())
+    # Only the precomputed captions fed the context; the OCR aligner's segment was not used.
+    assert [spec["type"] for spec in config["aligners"]] == ["precomputed"]
+    assert config["context_order"] == ["caption", "objects", "ocr"] and config["context_separator"] == " | "
+    datasets, context = train.prepare_data(train.DataArguments(dataset_path=str(shards),
+                                                               context_columns=["caption"]))
+    assert datasets["train"][0]["visual_context"] == "a basketball player on a court"
+    assert datasets["train"][3]["visual_context"] == ""
+    assert context["context_columns"] == ["caption"]
+    text_only, context = train.prepare_data(train.DataArguments(dataset_path=str(shards),
+                                                                context_columns=["none"]))
+    assert set(text_only["train"]["visual_context"]) == {""} and context["aligners"] == []
+    with pytest.raises(ValueError, match="Unknown context columns"):
+        train.prepare_data(train.DataArguments(dataset_path=str(shards), context_columns=["pixels"]))
+
+
+def test_output_folder_is_a_complete_hub_repo_that_loads_as_a_pipeline_in_a_fresh_process(trained, tmp_path):
+    output_dir, _ = trained
+    files = check_hub_folder(output_dir)
+    for name in ("config.json", "model.safetensors", "configuration_ita.py", "modeling_ita.py", "crf_ita.py",
+                 "pipeline_ita.py", "tokenizer.json", "tokenizer_config.json", "README.md", "test_results.json"):
+        assert name in files, name
+    assert not any(name.startswith("checkpoint-") for name in files)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForTokenClassification"] == "modeling_ita.ITAForTokenClassification"
+    assert config["custom_pipelines"]["multimodal-ner"]["impl"] == "pipeline_ita.MultimodalNERPipeline"
+    code = (
+        "from transformers import pipeline\n"
+        f"ner = pipeline(model={str(output_dir)!r}, trust_remote_code=True)\n"
+        "assert type(ner).__name__ == 'MultimodalNERPipeline', type(ner)\n"
+        "out = ner('Obama visits Paris today', visual_context='a man in a suit', aggregation_strategy='none')\n"
+        "assert all(e['entity'] in ner.model.config.label2id and 0 <= e['score'] <= 1 for e in out), out\n"
+        "print('TAGGED', len(out))\n"
+    )
+    result = run_fresh_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TAGGED" in result.stdout
+
+
+def test_push_uploads_the_checked_folder_without_checkpoints(trained):
+    output_dir, _ = trained
+    assert any(output_dir.glob("checkpoint-*"))
+    with mock.patch("ita_training.hub.HfApi") as api_class:
+        api = api_class.return_value
+        api.upload_folder.return_value = mock.Mock(commit_url="https://huggingface.co/me/ita-tiny/commit/abc")
+        url = push_folder(output_dir, "me/ita-tiny", token="hf_test", private=True)
+    assert url.endswith("/commit/abc")
+    api_class.assert_called_once_with(token="hf_test")
+    api.create_repo.assert_called_once_with("me/ita-tiny", repo_type="model", private=True, exist_ok=True)
+    kwargs = api.upload_folder.call_args.kwargs
+    assert kwargs["repo_id"] == "me/ita-tiny" and Path(kwargs["folder_path"]) == output_dir
+    # What huggingface_hub would send: the folder filtered by the ignore patterns.
+    from huggingface_hub.utils import filter_repo_objects
+
+    all_files = [str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file()]
+    sent = set(filter_repo_objects(all_files, ignore_patterns=kwargs["ignore_patterns"]))
+    assert kwargs["ignore_patterns"] == IGNORE_PATTERNS
+    assert sent == set(check_hub_folder(output_dir))
+    assert {"model.safetensors", "config.json", "README.md", "modeling_ita.py", "pipeline_ita.py"} <= sent
+
+
+def test_push_refuses_an_incomplete_folder(trained, tmp_path):
+    output_dir, _ = trained
+    for name in ("config.json", "model.safetensors", "modeling_ita.py", "crf_ita.py"):
+        (tmp_path / name).write_bytes((output_dir / name).read_bytes())
+    with mock.patch("ita_training.hub.HfApi") as api_class:
+        with pytest.raises(IncompleteHubFolderError) as error:
+            push_folder(tmp_path, "me/ita-tiny")
+    api_class.return_value.upload_folder.assert_not_called()
+    message = str(error.value)
+    for missing in ("configuration_ita.py", "pipeline_ita.py", "tokenizer files", "README.md"):
+        assert missing in message, message
+
+
+def test_push_to_hub_flag_pushes_the_finished_folder(shards, tiny_encoder, tmp_path):
+    output_dir = tmp_path / "pushed"
+    argv = train_args(shards, tiny_encoder, output_dir, "--num_train_epochs", "1", "--push_to_hub", "True",
+                      "--hub_model_id", "me/ita-push", "--hub_token", "hf_x")
+    with mock.patch("ita_training.hub.HfApi") as api_class:
+        api_class.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/c/1")
+        results = train.run(*train.parse_args(argv))
+    assert results["hub_commit"] == "https://hf.co/c/1"
+    api_class.return_value.create_repo.assert_called_once()
+    assert Path(api_class.return_value.upload_folder.call_args.kwargs["folder_path"]) == output_dir
+    assert "me/ita-push" in (output_dir / "README.md").read_text()
+
+
+def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_encoder, tmp_path):
+    full = tmp_path / "full"
+    train.run(*train.parse_args(train_args(shards, tiny_encoder, full, "--num_train_epochs", "2",
+                                           "--save_total_limit", "3", "--load_best_model_at_end", "False")))
+    # The same 2-epoch run, stopped after epoch 1 (its checkpoint copied), then resumed.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "checkpoint-2").symlink_to(full / "checkpoint-2", target_is_directory=True)
+    from ita_training.trainer import ITATrainer
+
+    with mock.patch.object(ITATrainer, "training_step", autospec=True, side_effect=ITATrainer.training_step) as step:
+        results = train.run(*train.parse_args(train_args(shards, tiny_encoder, resumed, "--num_train_epochs", "2",
+                                                         "--load_best_model_at_end", "False")))
+    # Only epoch 2 ran in the resumed process; the history of epoch 1 came with the checkpoint.
+    assert step.call_count == 2
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and results["epoch_steps"] == [2, 2]
+    assert len([e for e in state["log_history"] if "loss" in e]) == 4
+    expected, got = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ita_training.trainer import ITATrainer, ITATrainingArguments
+    from modeling_ita import ITAForTokenClassification
+
+    model = ITAForTokenClassification.from_encoder(str(tiny_encoder), labels=LABELS)
+    args = ITATrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, crf_learning_rate=5e-2, max_steps=4,
+                                eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    trainer = ITATrainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(tiny_encoder))
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    groups = trainer.optimizer.param_groups
+    crf_ids = {id(p) for p in model.crf.parameters()}
+    assert [{id(p) for p in g["params"]} == crf_ids for g in groups] == [False, False, True]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    rates = []
+    for _ in range(4):
+        rates.append([g["lr"] for g in groups])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    # No warm-up, linear decay to 0 (SPEC §4), the same factor for every group.
+    for step, (decay, no_decay, crf) in enumerate(rates):
+        assert decay == pytest.approx(1e-4 * (1 - step / 4)) and no_decay == decay
+        assert crf == pytest.approx(5e-2 * (1 - step / 4))
+    assert [g["weight_decay"] for g in groups][2] == 0.0
