@@ -130,8 +130,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable."""
         if aligners is not None:
             given = aligners if isinstance(aligners, (list, tuple)) else [aligners]
-            built = [a if isinstance(a, Aligner) else aligner_from_dict(a) for a in given]
-            return built
+            return [a if isinstance(a, Aligner) else aligner_from_dict(a) for a in given]
         built, unavailable = [], []
         for spec in self.model.config.aligners:
             try:
