@@ -47,19 +47,23 @@ def tiny_model(tmp_path_factory, minilm_tokenizer):
     return model, checkpoint
 
 
-@pytest.fixture(scope="module")
-def export_dir(tiny_model):
-    _, checkpoint = tiny_model
-    output = checkpoint.parent / "onnx"
+def run_export_cli(checkpoint, output, *options):
+    """`python -m ita_onnx export <checkpoint> <output> ...` in a subprocess, as the README documents it."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # The export loads the checkpoint's remote code; a private modules cache keeps other runs' code out.
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(checkpoint.parent / "hf_modules"))
     result = subprocess.run(
-        [sys.executable, "-m", "ita_onnx", "export", str(checkpoint), str(output), "--int8"],
+        [sys.executable, "-m", "ita_onnx", "export", str(checkpoint), str(output), *options],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_model):
+    _, checkpoint = tiny_model
+    return run_export_cli(checkpoint, checkpoint.parent / "onnx", "--int8")
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +213,28 @@ def test_ort_model_rejects_inputs_outside_the_graph(export_dir, twitter2017, min
         model(**batch, text_input_ids=batch["input_ids"])
     with pytest.raises(ValueError, match="exported with `token_type_ids`"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], word_index=batch["word_index"])
+
+
+def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path, tiny_xlmr_tokenizer):
+    """The paper's encoder family: an XLM-R tokenizer makes no token_type_ids, so the graph must not ask for them."""
+    from conftest import TWEETS, tiny_encoder_config
+    from ita_onnx import ORTModelForITA
+
+    torch.manual_seed(0)
+    config = ITAConfig(encoder_config=tiny_encoder_config("xlm-roberta", len(tiny_xlmr_tokenizer)), labels=LABELS)
+    model = ITAForTokenClassification(config).eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    tiny_xlmr_tokenizer.save_pretrained(tmp_path / "checkpoint")
+    ort_model = ORTModelForITA.from_pretrained(run_export_cli(tmp_path / "checkpoint", tmp_path / "onnx"))
+    assert set(ort_model.input_names) == {"input_ids", "attention_mask", "word_index"}
+    features = [encode_example(tiny_xlmr_tokenizer, tweet.split(), "a man on a court", max_length=100) for tweet in TWEETS]
+    batch = pad_batch(features, tiny_xlmr_tokenizer.pad_token_id)
+    assert "token_type_ids" not in batch
+    with torch.no_grad():
+        reference = model(batch["input_ids"], batch["word_index"], batch["attention_mask"]).logits
+    logits = ort_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       word_index=batch["word_index"]).logits
+    assert (logits - reference).abs().max().item() <= 1e-4
 
 
 def test_export_refuses_a_checkpoint_that_is_not_ita(minilm_dir, tmp_path):
