@@ -207,22 +207,22 @@ def viterbi_decode_numpy(
     emissions = np.asarray(emissions, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
     batch, words, _ = emissions.shape
-    score = start_transitions[None, :] + emissions[:, 0]
-    history = []
-    for t in range(1, words):
-        candidates = score[:, :, None] + transitions[None, :, :]
-        best_prev = candidates.argmax(axis=1)
-        best = np.take_along_axis(candidates, best_prev[:, None, :], axis=1)[:, 0]
-        score = np.where(mask[:, t : t + 1], best + emissions[:, t], score)
-        history.append(best_prev)
-    current = (score + end_transitions[None, :]).argmax(axis=1)
     lengths = mask.sum(axis=1)
+    steps = int(lengths.max(initial=0))
+    score = start_transitions[None, :] + emissions[:, 0]
+    history = np.zeros((max(steps - 1, 0), batch, emissions.shape[2]), dtype=np.int64)
+    for t in range(1, steps):
+        candidates = score[:, :, None] + transitions[None, :, :]
+        history[t - 1] = candidates.argmax(axis=1)
+        step = candidates.max(axis=1) + emissions[:, t]
+        score = np.where(mask[:, t : t + 1], step, score)
+    current = (score + end_transitions[None, :]).argmax(axis=1)
     tags = np.full((batch, words), PAD_TAG, dtype=np.int64)
     rows = np.arange(batch)
-    for t in range(words - 1, -1, -1):
-        if t < words - 1:
-            current = np.where(t < lengths - 1, history[t][rows, current], current)
-        tags[:, t] = np.where(t < lengths, current, tags[:, t])
+    for t in range(steps - 1, -1, -1):
+        if t < steps - 1:
+            current = np.where(t < lengths - 1, history[t, rows, current], current)
+        tags[:, t] = np.where(t < lengths, current, PAD_TAG)
     return tags
 
 
@@ -233,27 +233,34 @@ def marginals_numpy(
     start_transitions: np.ndarray,
     end_transitions: np.ndarray,
 ) -> np.ndarray:
-    """`ConditionalRandomField.marginals` in numpy (unconstrained scores), `(batch, words, num_tags)`."""
+    """`ConditionalRandomField.marginals` in numpy (unconstrained scores), `(batch, words, num_tags)`.
+
+    Forward–backward in probability space with per-step normalisation: one small matrix product per word
+    instead of a log-sum-exp, which keeps decoding a negligible part of inference. Subtracting maxima before
+    `exp` changes every path score of a word by the same constant, which the normalisation removes.
+    """
     emissions = np.asarray(emissions, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
     batch, words, num_tags = emissions.shape
+    # Columns past the longest sentence are all padding: leave them out (and at 0) entirely.
+    steps = max(int(mask.sum(axis=1).max(initial=0)), 1)
+    moves = np.exp(transitions - transitions.max())
+    emitted = np.exp(emissions[:, :steps] - emissions[:, :steps].max(axis=2, keepdims=True))
 
-    def logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-        peak = x.max(axis=axis, keepdims=True)
-        return np.squeeze(peak, axis=axis) + np.log(np.exp(x - peak).sum(axis=axis))
+    def normalised(x: np.ndarray) -> np.ndarray:
+        return x / x.sum(axis=-1, keepdims=True)
 
-    alphas = np.empty_like(emissions)
-    alphas[:, 0] = start_transitions[None, :] + emissions[:, 0]
-    for t in range(1, words):
-        step = logsumexp(alphas[:, t - 1, :, None] + transitions[None], axis=1) + emissions[:, t]
+    alphas = np.empty_like(emitted)
+    alphas[:, 0] = normalised(np.exp(start_transitions - start_transitions.max())[None, :] * emitted[:, 0])
+    for t in range(1, steps):
+        step = normalised((alphas[:, t - 1] @ moves) * emitted[:, t])
         alphas[:, t] = np.where(mask[:, t : t + 1], step, alphas[:, t - 1])
-    betas = np.empty_like(emissions)
-    end = np.broadcast_to(end_transitions[None, :], (batch, num_tags))
-    betas[:, -1] = end
-    for t in range(words - 2, -1, -1):
-        step = logsumexp(transitions[None] + (emissions[:, t + 1] + betas[:, t + 1])[:, None, :], axis=2)
+    betas = np.empty_like(emitted)
+    end = np.broadcast_to(np.exp(end_transitions - end_transitions.max())[None, :], (batch, num_tags))
+    betas[:, steps - 1] = end
+    for t in range(steps - 2, -1, -1):
+        step = normalised((emitted[:, t + 1] * betas[:, t + 1]) @ moves.T)
         betas[:, t] = np.where(mask[:, t + 1 : t + 2], step, end)
-    scores = alphas + betas
-    scores = np.exp(scores - scores.max(axis=2, keepdims=True))
-    probs = scores / scores.sum(axis=2, keepdims=True)
-    return probs * mask[:, :, None]
+    probs = np.zeros_like(emissions)
+    probs[:, :steps] = normalised(alphas * betas) * mask[:, :steps, None]
+    return probs

@@ -85,10 +85,15 @@ def test_marginals_match_enumeration(lengths, num_tags):
         torch.testing.assert_close(marginals[b, :length], expected)
         torch.testing.assert_close(marginals[b, :length].sum(-1), torch.ones(length, dtype=torch.double))
         assert torch.all(marginals[b, length:] == 0)
-    numpy_marginals = marginals_numpy(
-        emissions.numpy(), mask.numpy(), *(p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions))
-    )
-    np.testing.assert_allclose(numpy_marginals, marginals.detach().numpy(), atol=1e-10)
+    scores = [p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+    np.testing.assert_allclose(marginals_numpy(emissions.numpy(), mask.numpy(), *scores), marginals.detach().numpy(), atol=1e-10)
+    # A padding column past the longest sentence, and an empty sentence, stay at exactly 0.
+    wider = torch.cat([emissions, emissions[:, :1]], dim=1)
+    wider_mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+    wider_mask[0] = False
+    wide = marginals_numpy(wider.numpy(), wider_mask.numpy(), *scores)
+    assert np.isfinite(wide).all() and np.all(wide[:, -1] == 0) and np.all(wide[0] == 0)
+    np.testing.assert_allclose(wide[1:, :-1], marginals.detach().numpy()[1:], atol=1e-10)
 
 
 @pytest.mark.parametrize("lengths,num_tags", CASES)
@@ -106,6 +111,11 @@ def test_viterbi_is_the_best_enumerated_path_in_torch_and_numpy(lengths, num_tag
     parameters = crf.decoding_parameters() if constrained else (crf.transitions, crf.start_transitions, crf.end_transitions)
     numpy_tags = viterbi_decode_numpy(emissions.numpy(), mask.numpy(), *(p.detach().numpy() for p in parameters))
     np.testing.assert_array_equal(numpy_tags, tags.numpy())
+    wider = torch.cat([emissions, emissions[:, :1]], dim=1).numpy()
+    wider_mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1).numpy()
+    wide = viterbi_decode_numpy(wider, wider_mask, *(p.detach().numpy() for p in parameters))
+    np.testing.assert_array_equal(wide[:, :-1], tags.numpy())
+    assert np.all(wide[:, -1] == PAD_TAG)
 
 
 def is_valid_bio(tags: list[str]) -> bool:
@@ -165,3 +175,15 @@ def test_empty_sentence_has_zero_partition_and_decodes_to_nothing():
     assert crf.log_partition(emissions, mask)[1] == 0
     tags, _ = crf.viterbi_decode(emissions, mask)
     assert tags[1].tolist() == [PAD_TAG] * 3
+
+
+def test_numpy_marginals_stay_exact_for_extreme_scores():
+    # The numpy forward–backward runs in probability space; scores this large would overflow a naive version.
+    crf = random_crf(5, seed=6)
+    with torch.no_grad():
+        crf.transitions.mul_(6)
+    emissions, mask = random_batch([40, 17, 1], 5, seed=6)
+    emissions = emissions * 30
+    scores = [p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+    expected = crf.marginals(emissions, mask).detach().numpy()
+    np.testing.assert_allclose(marginals_numpy(emissions.numpy(), mask.numpy(), *scores), expected, atol=1e-9)
