@@ -130,7 +130,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable."""
         if aligners is not None:
             given = aligners if isinstance(aligners, (list, tuple)) else [aligners]
-            return [a if isinstance(a, Aligner) else aligner_from_dict(a) for a in given]
+            return [self._as_aligner(aligner) for aligner in given]
         built, unavailable = [], []
         for spec in self.model.config.aligners:
             try:
@@ -150,6 +150,19 @@ class MultimodalNERPipeline(ChunkPipeline):
                 "(e.g. alignment_ita.RapidOCRAligner()) to the pipeline, or `visual_context=` with each call."
             )
         return built
+
+    @staticmethod
+    def _as_aligner(aligner: Union[Aligner, dict]) -> Aligner:
+        """A spec dict built into an aligner, or an aligner object as it is.
+
+        Objects are recognised by their interface, not by class: the checkout's `alignment_ita.Aligner` and the
+        copy a checkpoint loads as remote code are different classes with the same methods.
+        """
+        if isinstance(aligner, dict):
+            return aligner_from_dict(aligner)
+        if not (callable(getattr(aligner, "align", None)) and hasattr(aligner, "needs_images")):
+            raise TypeError(f"{aligner!r} is not an aligner: pass alignment_ita aligner objects or their to_dict() specs.")
+        return aligner
 
     def _encoder_limit(self) -> int:
         """Sub-tokens the encoder reads at most: the tokenizer's limit, capped by the position embeddings."""

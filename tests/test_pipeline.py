@@ -333,3 +333,16 @@ def test_checkpoint_round_trip_in_a_fresh_process(pipe, minilm_tokenizer, tmp_pa
 
     refused = run_fresh_python("from transformers import pipeline\npipeline(model='ckpt')\n", tmp_path)
     assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr
+
+
+def test_checkout_aligners_work_with_a_remote_code_pipeline(pipe, minilm_tokenizer, tmp_path, picture):
+    # The checkout's Aligner and the checkpoint's remote-code copy are different classes: objects of either work.
+    from transformers import pipeline
+
+    pipe.model.save_pretrained(tmp_path / "ckpt")
+    minilm_tokenizer.save_pretrained(tmp_path / "ckpt")
+    ner = pipeline(model=str(tmp_path / "ckpt"), trust_remote_code=True, aligners=[ConstantCaptionAligner("a dog")])
+    assert type(ner).__module__.startswith("transformers_modules.")
+    assert ner(TWEETS[1], image=str(picture), return_visual_context=True)["visual_context"] == "a dog"
+    with pytest.raises(TypeError, match="is not an aligner"):
+        pipeline(model=str(tmp_path / "ckpt"), trust_remote_code=True, aligners=["rapidocr"])
