@@ -189,7 +189,8 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     torch.set_grad_enabled(False)
     for batch_size, count in ((1, args.tweets_batch1), (32, args.tweets_batch32)):
         print(f"[{2 if batch_size == 1 else 3}/5] Timing at batch {batch_size} ({count} tweets, {args.rounds} rounds)")
-        features = [encode_example(tokenizer, tweet.tokens, context, max_context_tokens=128, text_view=False)
+        features = [encode_example(tokenizer, tweet.tokens, context, text_view=False,
+                                   max_context_tokens=ita["pytorch"].config.max_context_tokens)
                     for tweet, context in zip(tweets[:count], contexts[:count])]
         ita_batches = [pad_batch(features[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, count, batch_size)]
         bert_batches = [bert_tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")

@@ -14,8 +14,8 @@ body { font-family: sans-serif; margin: 2em; background: #fafafa; color: #222; }
 h1 { font-size: 1.5em; } .summary { color: #555; margin-bottom: 1.5em; }
 .card { display: flex; gap: 1.5em; background: white; border: 1px solid #ddd; border-radius: 8px;
         padding: 1em; margin-bottom: 1em; align-items: flex-start; }
-.card img { width: 220px; max-height: 220px; object-fit: contain; border-radius: 4px; background: #eee; }
-.noimage { width: 220px; height: 120px; display: flex; align-items: center; justify-content: center;
+.card img { flex: none; width: 220px; max-height: 220px; object-fit: contain; border-radius: 4px; background: #eee; }
+.noimage { flex: none; width: 220px; height: 120px; display: flex; align-items: center; justify-content: center;
            background: #eee; color: #888; border-radius: 4px; }
 .tweet { font-size: 1.15em; line-height: 1.9; }
 .entity { padding: 0.1em 0.3em; border-radius: 4px; }

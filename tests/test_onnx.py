@@ -47,16 +47,18 @@ def tiny_model(tmp_path_factory, minilm_tokenizer):
     return model, checkpoint
 
 
-def run_export_cli(checkpoint, output, *options):
-    """`python -m ita_onnx export <checkpoint> <output> ...` in a subprocess, as the README documents it."""
+def run_cli(*arguments, hf_modules):
+    """`python -m ita_onnx ...` in a subprocess, as the README documents it."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # The export loads the checkpoint's remote code; a private modules cache keeps other runs' code out.
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(checkpoint.parent / "hf_modules"))
-    result = subprocess.run(
-        [sys.executable, "-m", "ita_onnx", "export", str(checkpoint), str(output), *options],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(hf_modules))
+    result = subprocess.run([sys.executable, "-m", "ita_onnx", *map(str, arguments)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def run_export_cli(checkpoint, output, *options):
+    run_cli("export", checkpoint, output, *options, hf_modules=checkpoint.parent / "hf_modules")
     return output
 
 
@@ -216,7 +218,12 @@ def test_ort_model_rejects_inputs_outside_the_graph(export_dir, twitter2017, min
 
 
 def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path, tiny_xlmr_tokenizer):
-    """The paper's encoder family: an XLM-R tokenizer makes no token_type_ids, so the graph must not ask for them."""
+    """The paper's encoder family: an XLM-R tokenizer makes no token_type_ids, so the graph must not ask for them.
+
+    Exported without `--int8`, then quantized afterwards by `python -m ita_onnx quantize --target avx2`.
+    """
+    import onnx
+
     from conftest import TWEETS, tiny_encoder_config
     from ita_onnx import ORTModelForITA
 
@@ -235,6 +242,15 @@ def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path,
     logits = ort_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        word_index=batch["word_index"]).logits
     assert (logits - reference).abs().max().item() <= 1e-4
+
+    assert not (tmp_path / "onnx" / "model_quantized.onnx").exists()
+    run_cli("quantize", tmp_path / "onnx", "--target", "avx2", hf_modules=tmp_path / "hf_modules")
+    operators = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "model_quantized.onnx")).graph.node}
+    assert "MatMulInteger" in operators
+    int8 = ORTModelForITA.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
+    quantized = int8(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     word_index=batch["word_index"]).logits
+    assert 0 < (quantized - logits).abs().max().item() < 0.1 * logits.abs().max().item()
 
 
 def test_export_refuses_a_checkpoint_that_is_not_ita(minilm_dir, tmp_path):
