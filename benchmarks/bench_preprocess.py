@@ -59,7 +59,8 @@ def run_measured(args: list[str]) -> dict[str, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", measure, *args], cwd=REPO, env=env, check=True,
                           capture_output=True, text=True)
-    return json.loads(done.stdout)
+    # Other work on the machine skews the timings; the 1-minute load average at the end says how much.
+    return {**json.loads(done.stdout), "load_average_after": os.getloadavg()[0]}
 
 
 def main() -> None:
