@@ -259,3 +259,32 @@ def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path, shared_dat
     fresh = run_cli(*args[2:-1], str(tmp_path / "fresh"), timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert load_from_disk(str(tmp_path / "fresh"))["train"].to_list() == rows
+
+
+def test_a_failing_aligner_costs_only_the_failing_tweets():
+    from alignment_ita import Aligner
+    from preprocess.align import BatchAligner
+
+    class PickyAligner(Aligner):
+        """Fails on any batch that holds the id 'bad', like a model that chokes on one odd image."""
+
+        type = "test-picky"
+        segments = ("caption",)
+        precomputed = True
+
+        def __init__(self):  # aligners take their settings as keyword arguments; this one has none
+            super().__init__()
+
+        def settings(self):
+            return {}
+
+        def align(self, images, image_ids=None):
+            if "bad" in image_ids:
+                raise RuntimeError("cannot handle this one")
+            return [{"caption": [f"caption of {i}"]} for i in image_ids]
+
+    batch = {"id": ["0", "1", "2"], "image_id": ["a", "bad", "c"], "image": ["a.jpg", "bad.jpg", "c.jpg"]}
+    out = BatchAligner([{"type": "test-picky"}], {}, images_dir=None)(batch)
+    assert out["visual_context"] == ["caption of a", "", "caption of c"]
+    assert out["alignment_error"] == ["", "test-picky: RuntimeError: cannot handle this one", ""]
+    assert out["context_sources"] == [["caption:test-picky"], [], ["caption:test-picky"]]
