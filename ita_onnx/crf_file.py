@@ -7,7 +7,6 @@ Only the learned scores are stored; the BIO decoding constraints are derived aga
 from pathlib import Path
 from typing import Union
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from configuration_ita import ITAConfig

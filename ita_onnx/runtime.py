@@ -31,18 +31,16 @@ class ORTModelForITA(ORTModelForCustomTasks):
     PyTorch model in the pipeline, tags come from `crf_ita.viterbi_decode_numpy` on the returned emissions.
     """
 
-    def __init__(self, *args, crf: Optional[ConditionalRandomField] = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.config, ITAConfig) and getattr(self.config, "model_type", None) != "ita":
             raise ValueError(f"ORTModelForITA runs ITA exports; this config is a {type(self.config).__name__} "
                              f"(model_type {getattr(self.config, 'model_type', None)!r}).")
-        if crf is None:
-            path = self.model_save_dir / CRF_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: an ITA export keeps its CRF scores there. Export "
-                                        "the checkpoint with `python -m ita_onnx export <checkpoint> <out>`.")
-            crf = load_crf(path, self.config)
-        self.crf = crf
+        path = self.model_save_dir / CRF_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: an ITA export keeps its CRF scores there. Export "
+                                    "the checkpoint with `python -m ita_onnx export <checkpoint> <out>`.")
+        self.crf: ConditionalRandomField = load_crf(path, self.config)
 
     @classmethod
     def from_pretrained(cls, model_id: Union[str, Path], config: Optional[ITAConfig] = None, **kwargs):
