@@ -17,6 +17,7 @@ checkpoint was trained with.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -40,6 +41,21 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".webp", "
 Segments = dict[str, list[str]]
 
 _WHITESPACE = re.compile(r"\s+")
+
+
+def optional_import(module: str, extra: str = "ocr") -> Any:
+    """Imports an optional dependency by name, with an install hint when it is missing.
+
+    By name rather than with an import statement: transformers refuses to load a checkpoint's remote code when
+    any of its files has an import statement (even inside a function) of a package that is not installed, and
+    these packages are needed only by the aligners that use them.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        package = module.split(".")[0]
+        raise ImportError(f"{package} is not installed; this aligner needs it: pip install 'ita-mner[{extra}]' "
+                          f"(or pip install {'pillow' if package == 'PIL' else package}).") from err
 
 
 def normalize_text(text: str) -> str:
@@ -107,7 +123,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         FileNotFoundError: The file does not exist.
         ValueError: The file is not a readable image, is truncated, or is too large.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    Image, ImageOps = optional_import("PIL.Image"), optional_import("PIL.ImageOps")
+    UnidentifiedImageError = Image.UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -446,16 +463,15 @@ class RapidOCRAligner(Aligner):
     segments = ("ocr",)
 
     def __init__(self, min_score: float = 0.5, min_chars: int = 2, threads: int | None = None) -> None:
-        from rapidocr import RapidOCR
+        RapidOCR = optional_import("rapidocr").RapidOCR
 
         self.min_score = min_score
         self.min_chars = min_chars
         self.threads = threads
         params: dict[str, Any] = {"Global.log_level": "error", "Global.text_score": min_score}
         if threads is not None:
-            import cv2  # a RapidOCR dependency; its pre/post-processing has its own thread pool
-
-            cv2.setNumThreads(threads)
+            # cv2 is a RapidOCR dependency; its pre/post-processing has its own thread pool.
+            optional_import("cv2").setNumThreads(threads)
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self.engine = RapidOCR(params=params)
@@ -495,8 +511,7 @@ class TesseractAligner(Aligner):
     segments = ("ocr",)
 
     def __init__(self, lang: str = "eng", min_conf: float = 60.0, min_chars: int = 2, config: str = "") -> None:
-        import pytesseract
-
+        pytesseract = optional_import("pytesseract")
         try:
             pytesseract.get_tesseract_version()
         except pytesseract.TesseractNotFoundError as err:
@@ -514,8 +529,7 @@ class TesseractAligner(Aligner):
 
     def read(self, image: Any) -> list[str]:
         """Return the kept text lines of one image in Tesseract's reading order."""
-        import pytesseract
-
+        pytesseract = optional_import("pytesseract")
         data = pytesseract.image_to_data(
             image, lang=self.lang, config=self.config, output_type=pytesseract.Output.DICT
         )

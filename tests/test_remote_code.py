@@ -82,3 +82,18 @@ def test_without_trust_remote_code_transformers_refuses_clearly(checkpoint):
     assert "contains custom code" in result.stderr
     # The refusal comes before any of our code runs.
     assert "modeling_ita.py\", line" not in result.stderr and "configuration_ita.py\", line" not in result.stderr
+
+
+def test_remote_code_files_need_only_torch_numpy_and_transformers():
+    # transformers refuses to load remote code if any import statement in these files (outside try blocks,
+    # inside functions included) names a package that is not installed: a checkpoint must load with just these.
+    import sys
+
+    from conftest import REPO
+    from transformers.dynamic_module_utils import get_imports
+
+    files = sorted(REPO.glob("*_ita.py"))
+    assert {"configuration_ita.py", "modeling_ita.py", "crf_ita.py", "pipeline_ita.py"} <= {f.name for f in files}
+    for path in files:
+        needed = set(get_imports(path)) - set(sys.stdlib_module_names)
+        assert needed <= {"torch", "numpy", "transformers"}, (path.name, needed)
