@@ -90,7 +90,8 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         "--save_total_limit", "1", "--logging_steps", "50", "--disable_tqdm", "True", *CELLS[cell],
     ]
     start = time.perf_counter()
-    if (output_dir / "train_results.json").is_file() and (output_dir / "test_results.json").is_file():
+    reused = (output_dir / "train_results.json").is_file() and (output_dir / "test_results.json").is_file()
+    if reused:
         print(f"reuse the finished training of {key} in {output_dir}", flush=True)
         code = 0
     else:
@@ -116,8 +117,12 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
            "command": " ".join(command[1:]), "threads": args.threads}
     with _lock:
         results = load(args.out)
+        same = [r for r in results["runs"] if all(r.get(k) == key[k] for k in ("dataset", "cell", "seed"))]
+        if reused:
+            # The wall time is that of the run that trained; this one only (re-)evaluated.
+            run["wall_seconds"] = same[0]["wall_seconds"] if same else None
         # A record made before the evaluation protocol was fixed is replaced.
-        results["runs"] = [r for r in results["runs"] if not all(r.get(k) == key[k] for k in ("dataset", "cell", "seed"))]
+        results["runs"] = [r for r in results["runs"] if r not in same]
         results["settings"] = {k: v for k, v in vars(args).items() if k in ("epochs", "lr", "crf_lr", "batch_size",
                                                                           "max_context_tokens", "threads", "workers")}
         results["runs"].append(run)
