@@ -218,6 +218,11 @@ class Aligner:
         """Align one image (see :meth:`align`)."""
         return self.align([image], None if image_id is None else [image_id])[0]
 
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings in a form that compares equal however they were written (by default, as given)."""
+        return settings
+
     def settings(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments of this aligner."""
         raise NotImplementedError
@@ -253,7 +258,7 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
     except TypeError as err:
         raise ValueError(f"invalid settings for aligner {name!r}: {err}") from err
     bound.apply_defaults()
-    arguments = dict(list(bound.arguments.items())[1:])
+    arguments = cls.canonical_settings(dict(list(bound.arguments.items())[1:]))
     return {"type": name, "precomputed": cls.precomputed, **arguments}
 
 
@@ -673,12 +678,20 @@ class PrecomputedAligner(Aligner):
     def __init__(self, paths: str | Path | Sequence[str | Path], format: str = "auto") -> None:
         if format not in ("auto", "captions", "jsonl"):
             raise ValueError(f"format must be 'auto', 'captions' or 'jsonl', got {format!r}")
-        self.paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        self.paths = self.canonical_settings({"paths": paths})["paths"]
         self.format = format
         self.table: dict[str, Segments] = {}
         for path in self.paths:
             fmt = format if format != "auto" else ("jsonl" if path.endswith((".jsonl", ".json")) else "captions")
             self._read_jsonl(path) if fmt == "jsonl" else self._read_captions(path)
+
+    @classmethod
+    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        # Resolved, so that one file spelled two ways (relative, through a symlink) is one setting when a rerun of
+        # `python -m preprocess` compares its settings with those of the finished work.
+        paths = settings["paths"]
+        paths = [paths] if isinstance(paths, (str, Path)) else paths
+        return {**settings, "paths": [str(Path(p).resolve()) for p in paths]}
 
     def settings(self) -> dict[str, Any]:
         return {"paths": self.paths, "format": self.format}

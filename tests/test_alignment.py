@@ -405,3 +405,17 @@ def test_florence2_object_answers_are_parsed_by_the_real_post_processor(tiny_flo
     assert aligner.segment_from_parsed("<OD>", parsed) == ["black shirt", "dog"]
     assert aligner.segment_from_parsed("<OCR>", " Z ") == []
     assert aligner.segment_from_parsed("<CAPTION>", " a  dog\n") == ["a dog"]
+
+
+def test_precomputed_paths_compare_equal_however_they_are_spelled(tmp_path, monkeypatch):
+    # A rerun of `python -m preprocess` compares settings; a symlinked or relative spelling of the same file
+    # must not count as different settings.
+    captions = tmp_path / "real" / "captions.txt"
+    captions.parent.mkdir()
+    captions.write_text("1.jpg :a dog\n")
+    (tmp_path / "link").symlink_to(captions.parent)
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(captions), str(tmp_path / "link" / "captions.txt"), "real/captions.txt", captions]
+    specs = [alignment_ita.normalize_spec({"type": "precomputed", "paths": [p]}) for p in spellings]
+    assert all(spec == specs[0] for spec in specs) and specs[0]["paths"] == [str(captions.resolve())]
+    assert PrecomputedAligner("link/captions.txt").to_dict() == specs[0]
