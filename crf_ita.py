@@ -209,20 +209,25 @@ def viterbi_decode_numpy(
     batch, words, _ = emissions.shape
     lengths = mask.sum(axis=1)
     steps = int(lengths.max(initial=0))
+    tags = np.full((batch, words), PAD_TAG, dtype=np.int64)
+    if steps == 0:  # every sentence empty (or no word columns at all)
+        return tags
     score = start_transitions[None, :] + emissions[:, 0]
     history = np.zeros((max(steps - 1, 0), batch, emissions.shape[2]), dtype=np.int64)
+    # Columns where every sentence still has a word need no masking: decoding one tweet (the pipeline's
+    # batch-1 case) then costs a few numpy calls per word.
+    ragged = (~mask[:, :steps]).any(axis=0).tolist()
     for t in range(1, steps):
         candidates = score[:, :, None] + transitions[None, :, :]
         history[t - 1] = candidates.argmax(axis=1)
         step = candidates.max(axis=1) + emissions[:, t]
-        score = np.where(mask[:, t : t + 1], step, score)
+        score = np.where(mask[:, t : t + 1], step, score) if ragged[t] else step
     current = (score + end_transitions[None, :]).argmax(axis=1)
-    tags = np.full((batch, words), PAD_TAG, dtype=np.int64)
     rows = np.arange(batch)
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
-            current = np.where(t < lengths - 1, history[t, rows, current], current)
-        tags[:, t] = np.where(t < lengths, current, PAD_TAG)
+            current = np.where(t < lengths - 1, history[t, rows, current], current) if ragged[t + 1] else history[t, rows, current]
+        tags[:, t] = np.where(t < lengths, current, PAD_TAG) if ragged[t] else current
     return tags
 
 
@@ -243,7 +248,9 @@ def marginals_numpy(
     mask = np.asarray(mask, dtype=bool)
     batch, words, num_tags = emissions.shape
     # Columns past the longest sentence are all padding: leave them out (and at 0) entirely.
-    steps = max(int(mask.sum(axis=1).max(initial=0)), 1)
+    steps = int(mask.sum(axis=1).max(initial=0))
+    if steps == 0:
+        return np.zeros_like(emissions)
     moves = np.exp(transitions - transitions.max())
     emitted = np.exp(emissions[:, :steps] - emissions[:, :steps].max(axis=2, keepdims=True))
 
@@ -252,15 +259,16 @@ def marginals_numpy(
 
     alphas = np.empty_like(emitted)
     alphas[:, 0] = normalised(np.exp(start_transitions - start_transitions.max())[None, :] * emitted[:, 0])
+    ragged = (~mask[:, :steps]).any(axis=0).tolist()  # as in viterbi_decode_numpy
     for t in range(1, steps):
         step = normalised((alphas[:, t - 1] @ moves) * emitted[:, t])
-        alphas[:, t] = np.where(mask[:, t : t + 1], step, alphas[:, t - 1])
+        alphas[:, t] = np.where(mask[:, t : t + 1], step, alphas[:, t - 1]) if ragged[t] else step
     betas = np.empty_like(emitted)
     end = np.broadcast_to(np.exp(end_transitions - end_transitions.max())[None, :], (batch, num_tags))
     betas[:, steps - 1] = end
     for t in range(steps - 2, -1, -1):
         step = normalised((emitted[:, t + 1] * betas[:, t + 1]) @ moves.T)
-        betas[:, t] = np.where(mask[:, t + 1 : t + 2], step, end)
+        betas[:, t] = np.where(mask[:, t + 1 : t + 2], step, end) if ragged[t + 1] else step
     probs = np.zeros_like(emissions)
     probs[:, :steps] = normalised(alphas * betas) * mask[:, :steps, None]
     return probs

@@ -385,13 +385,29 @@ class MultimodalNERPipeline(ChunkPipeline):
             outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
             emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
             logits[present] = torch.as_tensor(emissions).float().cpu()
+        # Decoding the whole batch at once costs about as much as decoding one tweet: it is done here, outside
+        # the model (and any ONNX graph), for every window; `postprocess` uses it for single-window tweets.
+        mask = np.zeros(logits.shape[:2], dtype=bool)
+        for i in present:
+            mask[i, : len(features[i]["word_index"])] = True
+        tags, tag_scores = self._decode(logits.numpy(), mask)
         return {
             "logits": logits,
+            "tags": torch.from_numpy(tags),
+            "tag_scores": torch.from_numpy(tag_scores),
             "span": model_inputs["span"],
             "keep": model_inputs["keep"],
             "item": model_inputs["item"],
             "is_last": model_inputs["is_last"],
         }
+
+    def _decode(self, emissions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Constrained Viterbi tags `(batch, words)` and the CRF marginal probability of each, 0 at padding."""
+        decoding, raw = self._crf_scores()
+        tags = viterbi_decode_numpy(emissions, mask, *decoding)
+        marginals = marginals_numpy(emissions, mask, *raw)
+        scores = np.take_along_axis(marginals, np.maximum(tags, 0)[:, :, None], axis=2)[:, :, 0] * mask
+        return tags, scores
 
     def _crf_scores(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """(decoding scores, raw scores) of the CRF as float64 arrays: (transitions, start, end) each.
@@ -416,16 +432,18 @@ class MultimodalNERPipeline(ChunkPipeline):
         item = all_outputs[0]["item"]
         entities: list[dict[str, Any]] = []
         if item.words:
-            pieces = []
-            for output in all_outputs:
-                (start, _), (keep_start, keep_end) = output["span"], output["keep"]
-                pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
-            emissions = np.concatenate(pieces)[None]
-            mask = np.ones(emissions.shape[:2], dtype=bool)
-            decoding, raw = self._crf_scores()
-            tags = viterbi_decode_numpy(emissions, mask, *decoding)[0]
-            marginals = marginals_numpy(emissions, mask, *raw)[0]
-            scores = marginals[np.arange(len(tags)), tags].tolist()
+            if len(all_outputs) == 1:
+                tags, scores = all_outputs[0]["tags"][0].numpy(), all_outputs[0]["tag_scores"][0].numpy()
+                tags, scores = tags[: len(item.words)], scores[: len(item.words)].tolist()
+            else:
+                # A long tweet's windows are stitched and decoded as one sequence, so tags stay valid across seams.
+                pieces = []
+                for output in all_outputs:
+                    (start, _), (keep_start, keep_end) = output["span"], output["keep"]
+                    pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
+                emissions = np.concatenate(pieces)[None]
+                tags, scores = self._decode(emissions, np.ones(emissions.shape[:2], dtype=bool))
+                tags, scores = tags[0], scores[0].tolist()
             labels = [self.model.config.id2label[int(tag)] for tag in tags]
             entities = (_word_entities if aggregation_strategy == "none" else _grouped_entities)(item, labels, scores)
         if return_visual_context:

@@ -9,7 +9,8 @@ On the same real tweets (Twitter-2017 test, raw text) and batch size, with the o
 - `stock`: transformers' `pipeline("token-classification", aggregation_strategy="simple")` on a
   `BertForTokenClassification` with the same MiniLM encoder (goal: pipeline >= 1.0x its speed);
 
-and the share of the pipeline's time spent in `postprocess` (Viterbi, marginals, entities; goal <= 3%).
+and the share of the pipeline's time spent decoding (`_decode`: Viterbi and marginals, run on each batch inside
+`_forward`, so also counted in its share) plus `postprocess` (entities; goal <= 3% together).
 Competitors run interleaved, `--repeats` times, and the best time of each is kept, so that load from other
 processes on the machine biases none of them. Writes `benchmarks/results/pipeline.json`.
 
@@ -127,7 +128,7 @@ def main() -> None:
         for _ in tqdm(range(args.repeats), desc=f"batch {batch_size}"):
             for name, run in competitors.items():
                 if name == "pipeline":
-                    stages = {stage: Timed(getattr(ours, stage), stage == "preprocess") for stage in ("preprocess", "_forward", "postprocess")}
+                    stages = {stage: Timed(getattr(ours, stage), stage == "preprocess") for stage in ("preprocess", "_forward", "_decode", "postprocess")}
                     for stage, timed in stages.items():
                         setattr(ours, stage, timed)
                 start = time.perf_counter()
@@ -149,7 +150,7 @@ def main() -> None:
             "goals_met": {
                 "pipeline >= 0.90x raw forward": per_second["pipeline"] >= 0.90 * per_second["raw_forward"],
                 "pipeline >= 1.0x stock token-classification": per_second["pipeline"] >= per_second["stock"],
-                "postprocess (Viterbi + marginals + entities) <= 3%": shares["postprocess"] <= 0.03,
+                "Viterbi + marginals + postprocess <= 3%": shares["_decode"] + shares["postprocess"] <= 0.03,
             },
         }
         print(json.dumps({f"batch_{batch_size}": results[f"batch_{batch_size}"]}, indent=2))

@@ -187,3 +187,13 @@ def test_numpy_marginals_stay_exact_for_extreme_scores():
     scores = [p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
     expected = crf.marginals(emissions, mask).detach().numpy()
     np.testing.assert_allclose(marginals_numpy(emissions.numpy(), mask.numpy(), *scores), expected, atol=1e-9)
+
+
+def test_numpy_decoders_accept_batches_without_words():
+    crf = random_crf(3, seed=1)
+    scores = [p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+    for shape in ((2, 0, 3), (2, 4, 3)):
+        emissions, mask = np.zeros(shape), np.zeros(shape[:2], dtype=bool)
+        assert np.all(viterbi_decode_numpy(emissions, mask, *scores) == PAD_TAG)
+        assert viterbi_decode_numpy(emissions, mask, *scores).shape == shape[:2]
+        assert np.all(marginals_numpy(emissions, mask, *scores) == 0)
