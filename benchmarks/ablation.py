@@ -167,23 +167,26 @@ def step_ratio(shards: str, batches: int, batch_size: int, max_context_tokens: i
 
 
 def table(results: dict) -> str:
-    """The results as a markdown table (mean over seeds), reference numbers beside them."""
-    lines = ["| data | cell | seeds | test F1 with context | test F1 text only | strict F1 (ctx / text) | "
-             "s / epoch | s / step | XLM-R-large paper F1 |", "|---|---|---|---|---|---|---|---|---|"]
+    """The results as a markdown table: test F1 mean ± standard deviation over seeds, reference numbers beside them."""
+    import statistics
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+    lines = ["| data | cell | seeds | test F1 with caption | test F1 text only | strict IOB2 F1 (caption / text) | "
+             "s per epoch (min–max) | XLM-R-large F1 from the papers |", "|---|---|---|---|---|---|---|---|"]
     for dataset in ("twitter2017", "twitter2015"):
         for cell in CELLS:
             runs = [r for r in results["runs"] if r["dataset"] == dataset and r["cell"] == cell]
             if not runs:
                 continue
-            mean = lambda f: sum(f(r) for r in runs) / len(runs)  # noqa: E731
-            reference = results["reference"].get(dataset, {}).get(cell, "–")
+            scores = {(mode, name): [r["test"][mode][name] for r in runs] for mode in MODES for name in ("f1", "strict_f1")}
+            epochs = [seconds for r in runs for seconds in r["epoch_train_seconds"]]
             lines.append(
-                f"| {dataset} | {cell} | {len(runs)} | {mean(lambda r: r['test']['with_context']['f1']):.2f} | "
-                f"{mean(lambda r: r['test']['text_only']['f1']):.2f} | "
-                f"{mean(lambda r: r['test']['with_context']['strict_f1']):.2f} / "
-                f"{mean(lambda r: r['test']['text_only']['strict_f1']):.2f} | "
-                f"{mean(lambda r: sum(r['epoch_train_seconds']) / len(r['epoch_train_seconds'])):.0f} | "
-                f"{mean(lambda r: r['seconds_per_step']):.2f} | {reference} |"
+                f"| {dataset} | {cell} | {len(runs)} | {spread(scores['with_context', 'f1'])} | "
+                f"{spread(scores['text_only', 'f1'])} | {spread(scores['with_context', 'strict_f1'])} / "
+                f"{spread(scores['text_only', 'strict_f1'])} | {min(epochs):.0f}–{max(epochs):.0f} | "
+                f"{results['reference'].get(dataset, {}).get(cell, '–')} |"
             )
     return "\n".join(lines)
 
