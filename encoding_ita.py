@@ -108,8 +108,9 @@ def encode_example(
         # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
         cross = text
 
+    views = [("", cross), (TEXT_PREFIX, text)] if text_view else [("", cross)]
     example: dict[str, Any] = {}
-    for prefix, encoding in (("", cross), (TEXT_PREFIX, text)) if text_view else (("", cross),):
+    for prefix, encoding in views:
         for field in VIEW_FIELDS[:3]:
             if field in encoding:
                 example[prefix + field] = list(encoding[field])
