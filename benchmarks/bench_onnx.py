@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
 
     from encoding_ita import encode_example, pad_batch
     from ita_onnx import ORTModelForITA, export_ita
-    from ita_training.metrics import ner_metrics
+    from ita_training.metrics import load_ner_metric
     from pipeline_ita import MultimodalNERPipeline
 
     session = {}
@@ -219,8 +219,9 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     predictions = {name: predicted_tags(pipe(inputs, batch_size=32, aggregation_strategy="none"), tweets)
                    for name, pipe in ner.items()}
     quality: dict[str, Any] = {}
+    ner_metric = load_ner_metric()
     for name, tags in predictions.items():
-        metrics = ner_metrics(gold, tags)
+        metrics = ner_metric.compute(predictions=tags, references=gold)
         words = [(a == b) for ours, ref in zip(tags, predictions["pytorch"]) for a, b in zip(ours, ref)]
         quality[name] = {
             "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],

@@ -5,6 +5,11 @@ parameters travel beside it in `crf.safetensors`, and Viterbi and the marginals 
 numpy decoder of `crf_ita.py`. Typical use:
 
     python -m ita_onnx export <checkpoint> <out> --int8
+    # or, writing the same folder (without int8): the plugin optimum/commands/register/register_ita.py
+    optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>
+
+    from transformers import pipeline
+    ner = pipeline(model="<out>", trust_remote_code=True)                 # the multimodal-ner pipeline on ORT
 
     from ita_onnx import ORTModelForITA
     model = ORTModelForITA.from_pretrained("<out>")                       # fp32
@@ -24,7 +29,7 @@ _EXPORTS = {
     "save_crf": "crf_file",
     "ITAOnnxConfig": "export",
     "export_ita": "export",
-    "ORTModelForITA": "runtime",
+    "ORTModelForITA": "modeling_ita_onnx",
     "QUANTIZED_FILE": "quantize",
     "quantize_int8": "quantize",
 }

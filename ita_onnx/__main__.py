@@ -17,7 +17,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     export = commands.add_parser("export", help="export an ITA checkpoint's emissions graph with optimum")
     export.add_argument("checkpoint", help="a saved ITA checkpoint (folder or Hub id) with its tokenizer")
-    export.add_argument("output", help="folder for model.onnx, crf.safetensors, config and tokenizer")
+    export.add_argument("output",
+                        help="folder for model.onnx, crf.safetensors, config, tokenizer, remote code and README.md")
     export.add_argument("--int8", action="store_true", help="also write model_quantized.onnx (dynamic int8)")
     export.add_argument("--int8-target", choices=TARGETS, default="avx512_vnni",
                         help="CPU family of the int8 scheme (default: %(default)s)")

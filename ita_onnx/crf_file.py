@@ -2,6 +2,10 @@
 
 Only the learned scores are stored; the BIO decoding constraints are derived again from the label set in
 `config.json`, exactly as `ITAForTokenClassification` does, so the file cannot disagree with the config.
+
+This module is also copied verbatim into every export, beside `configuration_ita.py` and `crf_ita.py`, as part
+of the remote code `AutoModelForTokenClassification` loads there (see `modeling_ita_onnx.py`); hence the flat relative
+imports with the absolute fallback used inside this package.
 """
 
 from pathlib import Path
@@ -9,8 +13,12 @@ from typing import Union
 
 from safetensors.torch import load_file, save_file
 
-from configuration_ita import ITAConfig
-from crf_ita import ConditionalRandomField, bio_transition_constraints
+try:
+    from .configuration_ita import ITAConfig
+    from .crf_ita import ConditionalRandomField, bio_transition_constraints
+except ImportError:
+    from configuration_ita import ITAConfig
+    from crf_ita import ConditionalRandomField, bio_transition_constraints
 
 CRF_FILE = "crf.safetensors"
 _PARAMETERS = ("transitions", "start_transitions", "end_transitions")

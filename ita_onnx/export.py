@@ -4,19 +4,70 @@ The graph is the model's forward without labels and without `return_tags`, i.e. 
 encoder, first-sub-token gather, emission layer. It never touches the CRF; Viterbi and the marginals run on
 its `logits` in numpy (`crf_ita.viterbi_decode_numpy`, `marginals_numpy`), with the scores saved in
 `crf.safetensors`. Axes `batch_size`, `sequence_length` and `num_words` are dynamic.
+
+Importing this module registers `ITAOnnxConfig` with optimum's `TasksManager` for model_type "ita" and the
+token-classification task. `optimum-cli` imports it at start-up through the `optimum.commands.register`
+plugin module this distribution ships (`optimum/commands/register/register_ita.py`), so
+`optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>` and
+`python -m ita_onnx export <checkpoint> <out>` run the same `main_export` with the same config, and its
+post-processing writes the same folder either way.
 """
 
+import copy
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from optimum.exporters.onnx import OnnxConfig, main_export
+from optimum.exporters.tasks import TasksManager
 from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, NormalizedTextConfig
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.dynamic_module_utils import get_cached_module_file
+from transformers.utils import HF_MODULES_CACHE
 
-from .crf_file import save_crf
+from .crf_file import CRF_FILE, save_crf
+from .modeling_ita_onnx import AUTO_MODEL_ENTRY, README_FILE, copy_remote_code, remote_code_modules
 
 TASK = "token-classification"
+# The remote code of the export's own runtime, taken from this package (the rest comes from the checkpoint).
+_RUNTIME_FILES = ("modeling_ita_onnx.py", "crf_file.py")
+
+_README = """\
+# ITA ONNX export
+
+The emissions graph of an ITA multimodal NER model (`model_type: ita`; labels {labels}) for ONNX Runtime,
+written by `python -m ita_onnx export` or `optimum-cli export onnx --task token-classification
+--trust-remote-code` (the two write the same folder).
+
+| file | what it is |
+|---|---|
+| `model.onnx` | the fp32 graph: encoder, first-sub-token gather, emission layer. Inputs {inputs}, where `word_index` is the position of each word's first sub-token (-1 at padding); output `logits` `(batch_size, num_words, {num_labels})`. Batch size, sequence length and word count are dynamic. |
+| `model_quantized.onnx`, `ort_config.json` | the same graph with int8 weights (dynamic quantization) and its quantization settings, present after `python -m ita_onnx export --int8` or `python -m ita_onnx quantize <folder>` |
+| `{crf_file}` | the CRF's transition, start and end scores. The CRF is not in the graph: Viterbi decoding (with the BIO constraints derived from the labels) and the tag marginals run in numpy |
+| `config.json`, `configuration_ita.py` | the model's `ITAConfig`: labels, encoder, visual-context settings |
+| `tokenizer_config.json` and the tokenizer's files | the encoder's tokenizer |
+| {runtime} | `ORTModelForITA`, which `AutoModelForTokenClassification` loads from this folder |
+| {pipeline} | the `multimodal-ner` pipeline and the modules it imports |
+
+## Running it
+
+Needs ONNX Runtime and optimum: `pip install "optimum-onnx[onnxruntime]"`.
+
+```python
+from transformers import pipeline
+
+ner = pipeline(model="<this folder>", trust_remote_code=True)
+# int8: pipeline(model="<this folder>", trust_remote_code=True, model_kwargs={{"file_name": "model_quantized.onnx"}})
+ner("Kawhi Leonard wins the fan vote", visual_context="a basketball player on a court")
+```
+
+The pipeline is the one of the PyTorch checkpoint (same inputs, aligners and output schema); only the
+emissions come from ONNX Runtime. For the emissions themselves:
+`AutoModelForTokenClassification.from_pretrained("<this folder>", trust_remote_code=True)` (or, with the ITA
+project installed, `pip install 'ita-mner[onnx]'`, `ita_onnx.ORTModelForITA.from_pretrained("<this folder>")`)
+returns an `ORTModelForITA`, whose forward takes the inputs above and whose `.crf` holds the decoding scores.
+The export is inference only: no labels, no text-only view.
+"""
 
 
 class WordIndexInputGenerator(DummyInputGenerator):
@@ -50,14 +101,23 @@ class WordIndexInputGenerator(DummyInputGenerator):
         return word_index
 
 
+@TasksManager.create_register("onnx")("ita", TASK)
 class ITAOnnxConfig(OnnxConfig):
     """ONNX export config of `ITAForTokenClassification` (model_type "ita") for `token-classification`.
+
+    Registered with optimum's `TasksManager`, which builds it for `main_export` (and so for `optimum-cli export
+    onnx`) with the checkpoint's preprocessors.
 
     Args:
         config: the checkpoint's `ITAConfig`.
         task: only `"token-classification"`.
-        with_token_type_ids: whether the graph takes `token_type_ids`; true when the checkpoint's tokenizer
-            produces them (BERT-style), false for XLM-R-style tokenizers.
+        preprocessors: what optimum loaded from the checkpoint; its tokenizer decides whether the graph takes
+            `token_type_ids` (BERT-style tokenizers make them, XLM-R-style ones do not).
+        int_dtype: optimum's integer dtype of the dummy inputs.
+        float_dtype: optimum's float dtype of the export.
+
+    Raises:
+        ValueError: for another task, or when the checkpoint has no tokenizer.
     """
 
     NORMALIZED_CONFIG_CLASS = NormalizedTextConfig
@@ -65,11 +125,22 @@ class ITAOnnxConfig(OnnxConfig):
     # Emissions are compared with PyTorch on optimum's dummy inputs at export time.
     ATOL_FOR_VALIDATION = 1e-4
 
-    def __init__(self, config, task: str = TASK, with_token_type_ids: bool = True, **kwargs):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        task: str = TASK,
+        preprocessors: Optional[list[Any]] = None,
+        int_dtype: str = "int64",
+        float_dtype: str = "fp32",
+    ):
         if task != TASK:
             raise ValueError(f"ITA exports only the {TASK!r} task, got {task!r}.")
-        super().__init__(config, task=task, **kwargs)
-        self.with_token_type_ids = with_token_type_ids
+        super().__init__(config, task=task, preprocessors=preprocessors, int_dtype=int_dtype, float_dtype=float_dtype)
+        tokenizers = [p for p in preprocessors or [] if isinstance(p, PreTrainedTokenizerBase)]
+        if not tokenizers:
+            raise ValueError(f"The ITA checkpoint {config.name_or_path!r} has no tokenizer: save the encoder's "
+                             "tokenizer into it (`tokenizer.save_pretrained(checkpoint)`) before exporting.")
+        self.with_token_type_ids = "token_type_ids" in tokenizers[0].model_input_names
 
     @property
     def inputs(self) -> dict[str, dict[int, str]]:
@@ -85,12 +156,39 @@ class ITAOnnxConfig(OnnxConfig):
         return {"logits": {0: "batch_size", 1: "num_words"}}
 
     def post_process_exported_models(self, path: Path, models_and_onnx_configs: dict, onnx_files_subpaths: list[str]):
-        """optimum's post-processing, then the CRF scores of the exported model written to `path/crf.safetensors`."""
+        """optimum's post-processing, then what makes the folder an ITA export: the CRF, code, config, README.
+
+        optimum calls this after writing the graph, `config.json` and the tokenizer, in `main_export` and so in
+        `optimum-cli export onnx` (unless `--no-post-process`). It writes `crf.safetensors` from the very model
+        optimum exported; rewrites `config.json` so that `auto_map` sends `AutoModelForTokenClassification` to the
+        ONNX Runtime loader (the checkpoint's PyTorch classes have no weights here); copies every module that
+        `auto_map` and `custom_pipelines` name, with their relative imports (pipeline code from the checkpoint,
+        the runtime from this package); and writes README.md.
+        """
         models_and_onnx_configs, onnx_files_subpaths = super().post_process_exported_models(
             path, models_and_onnx_configs, onnx_files_subpaths
         )
+        path = Path(path)
         model, _ = models_and_onnx_configs["model"]
         save_crf(model.crf, path)
+        config = copy.deepcopy(model.config)
+        config.auto_map = {"AutoModelForTokenClassification": AUTO_MODEL_ENTRY}
+        config.save_pretrained(path)  # adds AutoConfig -> configuration_ita.ITAConfig and copies that file
+        modules = remote_code_modules(config)
+        # The checkpoint's own remote code, fetched as `pipeline(model=<checkpoint>)` fetches it, into the folder
+        # where transformers keeps it; the runtime comes from this package.
+        checkpoint_code = {Path(HF_MODULES_CACHE, get_cached_module_file(config.name_or_path, name)).parent
+                           for name in modules if name not in _RUNTIME_FILES}
+        copied = copy_remote_code(modules, [*sorted(checkpoint_code), Path(__file__).parent], path)
+        pipeline_files = [name for name in copied if name not in _RUNTIME_FILES and name != "configuration_ita.py"]
+        (path / README_FILE).write_text(_README.format(
+            labels=", ".join(f"`{label}`" for label in config.labels),
+            inputs=", ".join(f"`{name}`" for name in self.inputs),
+            num_labels=config.num_labels,
+            crf_file=CRF_FILE,
+            runtime=", ".join(f"`{name}`" for name in _RUNTIME_FILES),
+            pipeline=", ".join(f"`{name}`" for name in pipeline_files),
+        ))
         return models_and_onnx_configs, onnx_files_subpaths
 
 
@@ -103,7 +201,7 @@ def export_ita(
     atol: Optional[float] = None,
     do_validation: bool = True,
 ) -> Path:
-    """Exports an ITA checkpoint to `output`: `model.onnx`, `crf.safetensors`, config and tokenizer.
+    """Exports an ITA checkpoint to `output`, as `optimum-cli export onnx --task token-classification` does.
 
     Args:
         checkpoint: a saved ITA checkpoint (folder or Hub id) with its tokenizer.
@@ -115,8 +213,8 @@ def export_ita(
         do_validation: run optimum's validation of the graph against PyTorch.
 
     Returns:
-        The output folder. `crf.safetensors` is written by `ITAOnnxConfig.post_process_exported_models`, from
-        the very model optimum exported.
+        The output folder: `model.onnx`, `crf.safetensors`, config, tokenizer, remote code and README.md (see
+        `ITAOnnxConfig.post_process_exported_models`).
 
     Raises:
         ValueError: if the checkpoint is not an ITA model or has no tokenizer.
@@ -127,23 +225,8 @@ def export_ita(
     if config.model_type != "ita":
         raise ValueError(f"{checkpoint} holds a {config.model_type!r} model, not an ITA model; export plain "
                          "transformers models with `optimum-cli export onnx` instead.")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{checkpoint} has no tokenizer: save the encoder's tokenizer into it "
-                         "(`tokenizer.save_pretrained(checkpoint)`) before exporting.") from error
-    onnx_config = ITAOnnxConfig(config, with_token_type_ids="token_type_ids" in tokenizer.model_input_names)
-    main_export(
-        checkpoint,
-        output=output,
-        task=TASK,
-        opset=opset,
-        atol=atol,
-        trust_remote_code=True,
-        library_name="transformers",
-        custom_onnx_configs={"model": onnx_config},
-        do_validation=do_validation,
-    )
+    main_export(checkpoint, output=output, task=TASK, opset=opset, atol=atol, trust_remote_code=True,
+                library_name="transformers", do_validation=do_validation)
     if int8:
         from .quantize import quantize_int8
 

@@ -6,6 +6,7 @@ real Twitter-2017 test tweets with their real BLIP-2 captions as visual context,
 lengths and word counts all differ from the dummy shapes optimum traced with (batch 2, 16 tokens, 7 words).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from conftest import REPO
 from configuration_ita import ITAConfig
 from crf_ita import PAD_TAG, marginals_numpy, viterbi_decode_numpy
 from encoding_ita import encode_example, pad_batch
+from fresh_process import run_fresh_python
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")
+pytestmark = pytest.mark.onnx
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 # Shapes of optimum's dummy inputs at export time (DEFAULT_DUMMY_SHAPES and WordIndexInputGenerator).
@@ -192,12 +195,51 @@ def test_int8_graph_is_quantized_and_close_to_fp32(export_dir, twitter2017, mini
     assert (tags[0] == tags[1]).mean() >= 0.95
 
 
+OPEN_INT8_WITH_PIPELINE = """
+import json, sys
+from transformers import pipeline
+
+ner = pipeline(model=sys.argv[1], trust_remote_code=True, model_kwargs={"file_name": "model_quantized.onnx"})
+inputs = json.loads(open(sys.argv[2]).read())
+print(json.dumps({"graph": ner.model.path.name, "entities": ner(inputs, aggregation_strategy="none")}))
+"""
+
+
+def test_pipeline_opens_the_int8_graph_of_an_export_by_file_name(export_dir, twitter2017, minilm_tokenizer, tmp_path):
+    """`pipeline(model=<export>, trust_remote_code=True, model_kwargs={"file_name": ...})`, as the README says."""
+    from ita_onnx import ORTModelForITA
+    from pipeline_ita import MultimodalNERPipeline
+
+    tweets, contexts, _ = twitter2017
+    inputs = [{"tokens": tweet.tokens, "visual_context": context} for tweet, context in zip(tweets[:12], contexts[:12])]
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    result = run_fresh_python(OPEN_INT8_WITH_PIPELINE, tmp_path, args=[str(export_dir), str(tmp_path / "inputs.json")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["graph"] == "model_quantized.onnx"
+    int8 = ORTModelForITA.from_pretrained(export_dir, file_name="model_quantized.onnx")
+    ner = MultimodalNERPipeline(model=int8, tokenizer=minilm_tokenizer, aligners=[])
+    expected = ner(inputs, aggregation_strategy="none")
+    assert sum(len(found) for found in expected) > 5
+    for found, reference in zip(report["entities"], expected, strict=True):
+        assert [(e["entity"], e["index"], e["start"], e["end"]) for e in found] == \
+            [(e["entity"], e["index"], e["start"], e["end"]) for e in reference]
+        np.testing.assert_allclose([e["score"] for e in found], [e["score"] for e in reference], atol=1e-6)
+
+
 def test_save_pretrained_round_trip_keeps_graph_and_crf(export_dir, tmp_path, twitter2017, minilm_tokenizer):
     from ita_onnx import ORTModelForITA
 
     model = ORTModelForITA.from_pretrained(export_dir, file_name="model_quantized.onnx")
     model.save_pretrained(tmp_path / "copy")
-    assert {"model_quantized.onnx", "crf.safetensors", "config.json"} <= {p.name for p in (tmp_path / "copy").iterdir()}
+    names = {p.name for p in (tmp_path / "copy").iterdir()}
+    assert {"model_quantized.onnx", "crf.safetensors", "config.json", "README.md"} <= names
+    # The remote code the config names (runtime, pipeline and their imports) travels with the copy, unchanged.
+    code = {p.name: p.read_bytes() for p in export_dir.glob("*.py")}
+    assert {"modeling_ita_onnx.py", "crf_file.py", "pipeline_ita.py", "configuration_ita.py"} <= set(code)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "copy").glob("*.py")} == code
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["auto_map"] == \
+        json.loads((export_dir / "config.json").read_text())["auto_map"]
     copy = ORTModelForITA.from_pretrained(tmp_path / "copy", file_name="model_quantized.onnx")
     assert copy.config.labels == LABELS and copy.config.crf_bio_constraints
     for name in ("transitions", "start_transitions", "end_transitions"):
@@ -296,8 +338,6 @@ def test_model_pipeline_and_ita_onnx_import_without_the_onnx_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["leaked"] == []
     assert "pip install 'ita-mner[onnx]'" in report["message"]
