@@ -2,18 +2,24 @@
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from huggingface_hub import HfApi
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from configuration_ita import PIPELINE_TASK
+
 logger = logging.getLogger(__name__)
 # Training leftovers that are not part of the model repository.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth", "training_args.bin"]
-PIPELINE_TASK = "multimodal-ner"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+TRAINER_STATE = "trainer_state.json"
+# Where a README can hold a path: after a space, quote, bracket or backtick, never inside a URL or a repo id.
+PATH_IN_TEXT = re.compile(r"(?<![\w:/.~-])/[^\s`'\"()<>\[\]|,;]+")
 
 
 class IncompleteHubFolderError(ValueError):
@@ -23,16 +29,84 @@ class IncompleteHubFolderError(ValueError):
 def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Union[str, Path]) -> None:
     """Saves weights (safetensors), config with `auto_map`, the remote-code files and the tokenizer to `folder`.
 
+    A `trainer_state.json` already in `folder` (from `Trainer.save_state`) gets its paths made relative to
+    `folder` (see `make_trainer_state_portable`).
+
     `modeling_ita` records the multimodal-ner pipeline in the config (`custom_pipelines`) and imports
     `pipeline_ita` relatively, so `save_pretrained` writes both; a warning says when that is not the case.
     """
     folder = Path(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    make_trainer_state_portable(folder)
     if PIPELINE_TASK not in (getattr(model.config, "custom_pipelines", None) or {}):
         logger.warning("The model config has no custom_pipelines entry for %r: %s opens with "
                        "AutoModelForTokenClassification but not with pipeline(model=..., trust_remote_code=True).",
                        PIPELINE_TASK, folder)
+
+
+def make_trainer_state_portable(folder: Union[str, Path]) -> None:
+    """Rewrites the paths inside `folder` that `<folder>/trainer_state.json` holds relative to `folder`.
+
+    `Trainer` records `best_model_checkpoint` as `<output_dir>/checkpoint-N`, i.e. a path of the machine
+    that trained. Only the copy at the top of the folder (the one that is published) is rewritten: resuming
+    reads the `trainer_state.json` inside `checkpoint-*/`, which keeps its paths. No-op without the file.
+    """
+    folder = Path(folder)
+    path = folder / TRAINER_STATE
+    if not path.is_file():
+        return
+    root = folder.resolve()
+
+    def relative(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: relative(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [relative(item) for item in value]
+        if isinstance(value, str) and "/" in value:
+            # A relative `output_dir` gives paths relative to the working directory, not to the folder.
+            resolved = Path(value).resolve()
+            if resolved == root or root in resolved.parents:
+                return resolved.relative_to(root).as_posix()
+        return value
+
+    state = json.loads(path.read_text(encoding="utf-8"))
+    # The layout of `TrainerState.save_to_json`.
+    path.write_text(json.dumps(relative(state), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def machine_paths(folder: Union[str, Path], files: list[str]) -> list[str]:
+    """The paths of this machine that the JSON and Markdown `files` of `folder` hold, as `file: path`.
+
+    A path of this machine is an absolute path that exists here or lies in an installed-packages folder:
+    published, it leaks the trainer's file system and points nowhere for anyone else.
+    """
+
+    def strings(value: Any):
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, str):
+            yield value
+
+    def is_machine_path(value: str) -> bool:
+        # A sentence may end right after a path.
+        value = value.rstrip(".:")
+        return "site-packages" in value or "dist-packages" in value or Path(value).exists()
+
+    found = []
+    for name in files:
+        # The vocabulary of tokenizer.json is text pieces, not paths (and can be tens of MB).
+        if name == "tokenizer.json" or not name.endswith((".json", ".md")):
+            continue
+        text = (Path(folder) / name).read_text(encoding="utf-8")
+        texts = strings(json.loads(text)) if name.endswith(".json") else [text]
+        candidates = [path for value in texts for path in PATH_IN_TEXT.findall(value)]
+        found += [f"{name}: {path}" for path in dict.fromkeys(candidates) if is_machine_path(path)]
+    return found
 
 
 def check_hub_folder(folder: Union[str, Path]) -> list[str]:
@@ -40,7 +114,8 @@ def check_hub_folder(folder: Union[str, Path]) -> list[str]:
 
     Complete means: `config.json` with `auto_map` (and every remote-code file it names, with their sibling
     imports), `custom_pipelines` for the multimodal-ner task and its file, safetensors weights, a fast
-    tokenizer and a `README.md` model card.
+    tokenizer and a `README.md` model card; and no file to upload holds a path of this machine (see
+    `machine_paths`).
 
     Returns:
         The relative paths that an upload of the folder sends, sorted.
@@ -80,13 +155,18 @@ def check_hub_folder(folder: Union[str, Path]) -> list[str]:
         problems.append(f"tokenizer files {missing_tokenizer} are missing (save the tokenizer beside the model)")
     if not (folder / "README.md").is_file():
         problems.append("README.md (the model card) is missing")
-    if problems:
-        raise IncompleteHubFolderError(f"{folder} is not a complete Hub repository: " + "; ".join(problems))
     ignored = [path for pattern in IGNORE_PATTERNS for path in folder.glob(pattern)]
-    return sorted(
+    files = sorted(
         str(path.relative_to(folder)) for path in folder.rglob("*")
         if path.is_file() and not any(path == i or i in path.parents for i in ignored)
     )
+    leaked = machine_paths(folder, files)
+    if leaked:
+        problems.append("files hold paths of this machine, which point nowhere on the Hub (record file names "
+                        "relative to the folder instead): " + ", ".join(leaked))
+    if problems:
+        raise IncompleteHubFolderError(f"{folder} is not a complete Hub repository: " + "; ".join(problems))
+    return files
 
 
 def push_folder(
