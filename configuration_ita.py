@@ -5,6 +5,7 @@ This file is remote code: it is copied into every checkpoint and loaded by trans
 loader, so it imports only the standard library and transformers.
 """
 
+import json
 import re
 from typing import Any, Optional, Union
 
@@ -12,8 +13,31 @@ from transformers import AutoConfig, PretrainedConfig
 
 # Twitter-2017's tag set; Twitter-2015 uses OTHER instead of MISC. Used only when no labels are given.
 DEFAULT_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+# The visual-context builder's defaults (`alignment_ita.VisualContextBuilder` reads them from here): segments in
+# context order, the text between segments, and the joiner of a segment's pieces (" " for segments not listed).
 DEFAULT_CONTEXT_ORDER = ["caption", "objects", "ocr"]
+DEFAULT_CONTEXT_SEPARATOR = " | "
+DEFAULT_PIECE_SEPARATORS = {"objects": ", "}
+# `VisualContextBuilder` argument -> the ITAConfig field that records it.
+CONTEXT_BUILDER_FIELDS = {
+    "order": "context_order",
+    "separator": "context_separator",
+    "max_words_per_segment": "context_max_words_per_segment",
+    "max_words": "context_max_words",
+    "piece_separators": "context_piece_separators",
+}
+# Specs of precomputed contexts: the aligner type, its settings, its file formats and the keys of a file record.
+PRECOMPUTED_TYPE = "precomputed"
+PRECOMPUTED_SPEC_KEYS = ("type", "precomputed", "files", "format")
+PRECOMPUTED_FORMATS = ("auto", "captions", "jsonl")
+CONTEXT_FILE_KEYS = ("name", "sha256", "source")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CVA_KL_MODES = ("crf_marginals", "emission_softmax")
+# The pipeline every checkpoint opens with, by its own task name and by the names the Hub's snippets use for
+# `pipeline_tag: token-classification` ("ner" is transformers' alias of that task).
+PIPELINE_TASK = "multimodal-ner"
+PIPELINE_TASK_ALIASES = ("token-classification", "ner")
+PIPELINE_IMPL = "pipeline_ita.MultimodalNERPipeline"
 _BIO_TAG = re.compile(r"^[BI]-\S+$")
 
 
@@ -34,6 +58,137 @@ def validate_bio_labels(labels: list[str]) -> None:
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"Labels {duplicates} appear more than once in {labels}.")
+
+
+def validate_context_builder(
+    order: list[str],
+    separator: str,
+    max_words_per_segment: Optional[int],
+    max_words: Optional[int],
+    piece_separators: dict[str, str],
+) -> None:
+    """Checks the settings of the visual-context builder (ITAConfig's `context_*` fields).
+
+    Raises:
+        ValueError: if a setting has the wrong type, a segment repeats or a word cap is negative.
+    """
+    if not isinstance(order, (list, tuple)) or not all(isinstance(name, str) and name for name in order):
+        raise ValueError(f"The context order must be a list of segment names, got {order!r}.")
+    if len(set(order)) != len(order):
+        raise ValueError(f"The context order lists a segment twice: {list(order)}.")
+    if not isinstance(separator, str):
+        raise ValueError(f"The context separator must be a str, got {separator!r}.")
+    for name, cap in (("max_words_per_segment", max_words_per_segment), ("max_words", max_words)):
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"The context word cap `{name}` must be None (no cap) or an int >= 0, got {cap!r}.")
+    if not isinstance(piece_separators, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in piece_separators.items()
+    ):
+        raise ValueError(f"The piece separators must map segment names to strings, got {piece_separators!r}.")
+
+
+def validate_context_file(record: Any) -> None:
+    """Checks a precomputed-context file record, `{"name", "sha256", "source"}`.
+
+    `name` must be a bare file name: a checkpoint finds its context files only in its own folder or in the folder its
+    user passes, so a name like `"../../etc/passwd"` or `"/data/BLIP2_17.txt"` is refused rather than read.
+
+    Raises:
+        ValueError: if a key is missing or unknown, the name is not a bare file name, the checksum is not a sha256
+            hex digest or the source is empty.
+    """
+    if not isinstance(record, dict) or set(record) != set(CONTEXT_FILE_KEYS):
+        raise ValueError(
+            f"A precomputed-context file is recorded as {{'name', 'sha256', 'source'}}, got {record!r}; write it with "
+            "alignment_ita.PrecomputedAligner(paths).to_dict() (or normalize_spec) where the file is."
+        )
+    name = record["name"]
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(character in name for character in "/\\:\x00")
+    ):
+        raise ValueError(
+            f"The precomputed-context file name {name!r} is not a bare file name: a checkpoint names its context files "
+            "by name only, and they are looked up in its own folder or the folder passed as `context_dir`, never at a path."
+        )
+    if not isinstance(record["sha256"], str) or not _SHA256.match(record["sha256"]):
+        raise ValueError(f"The sha256 of {name!r} must be 64 lowercase hex digits, got {record['sha256']!r}.")
+    if not isinstance(record["source"], str) or not record["source"].strip():
+        raise ValueError(f"The source of {name!r} (what produced the contexts) must be a non-empty str.")
+
+
+def validate_aligner_spec(spec: Any, live: bool = False) -> None:
+    """Checks an aligner spec as a config records it (`aligners` or, with `live=True`, `live_aligners`).
+
+    Every spec must be a JSON-serialisable dict with a `type`; a precomputed spec must hold only `type`,
+    `precomputed`, `files` (file records, see `validate_context_file`) and `format`. The settings of other aligner
+    types are checked against their constructor when the pipeline builds them (`alignment_ita.normalize_spec`): the
+    config cannot know the aligner types user code registers.
+
+    Raises:
+        ValueError: naming the spec and what is wrong with it.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or not spec["type"]:
+        raise ValueError(f"An aligner spec must be a dict with a 'type' (e.g. {{'type': 'rapidocr'}}), got {spec!r}.")
+    if not isinstance(spec.get("precomputed", False), bool):
+        raise ValueError(f"The 'precomputed' flag of {spec!r} must be true or false.")
+    try:
+        json.dumps(spec)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"The aligner spec {spec!r} is not JSON-serialisable ({err}); give models by id or path.") from err
+    is_precomputed = spec["type"] == PRECOMPUTED_TYPE or spec.get("precomputed", False)
+    if live and is_precomputed:
+        raise ValueError(
+            f"{spec!r} cannot be a live aligner: live aligners compute the context of new images from their pixels, "
+            "precomputed contexts exist only for the images of their files."
+        )
+    if spec["type"] != PRECOMPUTED_TYPE:
+        return
+    unknown = sorted(set(spec) - set(PRECOMPUTED_SPEC_KEYS))
+    if unknown:
+        hint = " (paths are never recorded: the files are named in 'files', by name and checksum)" if "paths" in unknown else ""
+        raise ValueError(
+            f"Unknown key(s) {unknown} in the precomputed spec {spec!r}; it takes {list(PRECOMPUTED_SPEC_KEYS)}{hint}. "
+            "Write it with alignment_ita.normalize_spec(spec) where the files are."
+        )
+    files = spec.get("files")
+    if not isinstance(files, list) or not files:
+        raise ValueError(f"The precomputed spec {spec!r} needs 'files', a non-empty list of file records.")
+    for record in files:
+        validate_context_file(record)
+    if spec.get("format", "auto") not in PRECOMPUTED_FORMATS:
+        raise ValueError(f"The format of {spec!r} must be one of {PRECOMPUTED_FORMATS}.")
+
+
+class CustomPipelines(dict):
+    """`config.custom_pipelines` that also answers to the token-classification task names.
+
+    transformers' `pipeline()` infers the task from `custom_pipelines` only when it holds exactly one entry, and
+    looks a named task up in it with `in` and `[]`. So the one stored entry, `multimodal-ner`, is also what
+    `"token-classification"` and `"ner"` find: `pipeline(model=...)`, `pipeline("multimodal-ner", model=...)` and
+    the Hub's `pipeline("token-classification", model=...)` all return the ITA pipeline, and `config.json`
+    keeps the single entry `Pipeline.save_pretrained` would write.
+    """
+
+    @staticmethod
+    def _task(task: Any) -> Any:
+        return PIPELINE_TASK if task in PIPELINE_TASK_ALIASES else task
+
+    def __contains__(self, task: Any) -> bool:
+        return dict.__contains__(self, self._task(task))
+
+    def __getitem__(self, task: Any) -> Any:
+        return dict.__getitem__(self, self._task(task))
+
+    def get(self, task: Any, default: Any = None) -> Any:
+        return dict.get(self, self._task(task), default)
+
+
+def pipeline_entry() -> dict[str, Any]:
+    """The `custom_pipelines` entry of the multimodal-ner pipeline, in the form `Pipeline.save_pretrained` writes
+    (without the TensorFlow classes transformers 5 dropped)."""
+    return {"impl": PIPELINE_IMPL, "pt": ["AutoModelForTokenClassification"], "type": "multimodal"}
 
 
 class ITAConfig(PretrainedConfig):
@@ -65,10 +220,28 @@ class ITAConfig(PretrainedConfig):
             Order of the visual-context segments.
         context_separator (`str`, *optional*, defaults to `" | "`):
             String placed between visual-context segments.
+        context_max_words_per_segment (`int`, *optional*):
+            Word cap of each visual-context segment (`None`: no cap).
+        context_max_words (`int`, *optional*):
+            Word cap of the whole visual context (`None`: no cap), applied before the sub-token budget.
+        context_piece_separators (`dict[str, str]`, *optional*, defaults to `{"objects": ", "}`):
+            Joiner of the pieces inside a segment, by segment name (`" "` for segments not listed).
+            These five `context_*` settings are those of the `VisualContextBuilder` that built the training contexts
+            (`python -m preprocess` records them, `train.py` copies them here); the pipeline rebuilds it from them.
         max_context_tokens (`int`, *optional*, defaults to 128):
             Sub-token budget of the visual context; the context, never the tweet, is cut to fit.
         aligners (`list[dict]`, *optional*):
-            Specs of the aligners that produced the training contexts, so inference can rebuild them.
+            Specs of the aligners that produced the training contexts (`alignment_ita.Aligner.to_dict()`), so inference
+            can rebuild them. Precomputed contexts are recorded without any path, as
+            `{"type": "precomputed", "precomputed": true, "format": "auto", "files": [{"name": "BLIP2_17.txt",
+            "sha256": "<hex digest>", "source": "BLIP-2 captions, PGIM release"}]}`: the pipeline looks each file up by
+            name only in the checkpoint's folder (or Hub repository) and in the `context_dir` its user passes, and uses
+            it only if its checksum matches.
+        live_aligners (`list[dict]`, *optional*):
+            Specs of aligners that compute context from the pixels of new images (e.g. `{"type": "image-to-text",
+            "model": "Salesforce/blip-image-captioning-base"}`), used by the pipeline instead of the precomputed
+            aligners for an image they hold no context for (or when their files are not there). They did not produce
+            the training contexts, so they should produce the same kind of text (e.g. captions for BLIP-2 captions).
     """
 
     model_type = "ita"
@@ -83,9 +256,13 @@ class ITAConfig(PretrainedConfig):
         cva_weight: float = 0.5,
         cva_kl_on: str = "crf_marginals",
         context_order: Optional[list[str]] = None,
-        context_separator: str = " | ",
+        context_separator: str = DEFAULT_CONTEXT_SEPARATOR,
         max_context_tokens: int = 128,
         aligners: Optional[list[dict[str, Any]]] = None,
+        context_max_words_per_segment: Optional[int] = None,
+        context_max_words: Optional[int] = None,
+        context_piece_separators: Optional[dict[str, str]] = None,
+        live_aligners: Optional[list[dict[str, Any]]] = None,
         **kwargs,
     ):
         if labels is not None:
@@ -124,12 +301,27 @@ class ITAConfig(PretrainedConfig):
         self.cva_temperature = cva_temperature
         self.cva_weight = cva_weight
         self.cva_kl_on = cva_kl_on
-        self.context_order = list(context_order) if context_order is not None else list(DEFAULT_CONTEXT_ORDER)
+        context_order = DEFAULT_CONTEXT_ORDER if context_order is None else context_order
+        piece_separators = DEFAULT_PIECE_SEPARATORS if context_piece_separators is None else context_piece_separators
+        validate_context_builder(
+            context_order, context_separator, context_max_words_per_segment, context_max_words, piece_separators
+        )
+        self.context_order = list(context_order)
         self.context_separator = context_separator
         self.max_context_tokens = max_context_tokens
+        self.context_max_words_per_segment = context_max_words_per_segment
+        self.context_max_words = context_max_words
+        self.context_piece_separators = dict(piece_separators)
         self.aligners = list(aligners) if aligners is not None else []
+        self.live_aligners = list(live_aligners) if live_aligners is not None else []
+        for spec in self.aligners:
+            validate_aligner_spec(spec)
+        for spec in self.live_aligners:
+            validate_aligner_spec(spec, live=True)
 
         validate_bio_labels(self.labels)
+        # Every ITA checkpoint opens with `pipeline(model=<checkpoint>, trust_remote_code=True)`.
+        self.custom_pipelines = CustomPipelines({**(getattr(self, "custom_pipelines", None) or {}), PIPELINE_TASK: pipeline_entry()})
 
     @property
     def labels(self) -> list[str]:

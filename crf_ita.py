@@ -78,34 +78,54 @@ class ConditionalRandomField(nn.Module):
             allowed = torch.ones(num_tags, num_tags, dtype=torch.bool)
         if allowed_start is None:
             allowed_start = torch.ones(num_tags, dtype=torch.bool)
-        # Derived from the label set in the config, so not saved with the weights.
+        # Derived from the label set in the config, so not saved with the weights; a model rebuilds them in its
+        # weight-initialisation path (`reset_constraints`), which transformers 5 runs after loading.
         self.register_buffer("allowed", allowed, persistent=False)
         self.register_buffer("allowed_start", allowed_start, persistent=False)
 
+    @torch.no_grad()
+    def reset_constraints(self, allowed: Optional[torch.Tensor] = None, allowed_start: Optional[torch.Tensor] = None) -> None:
+        """Writes the decoding constraints into the existing buffers (None allows everything)."""
+        self.allowed.copy_(allowed if allowed is not None else torch.ones_like(self.allowed))
+        self.allowed_start.copy_(allowed_start if allowed_start is not None else torch.ones_like(self.allowed_start))
+
+    def scores(self, emissions: Optional[torch.Tensor] = None) -> tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Emissions (when given), transitions, start and end scores in the CRF's computation dtype.
+
+        A half-precision model keeps its CRF parameters in half precision, but sums over tag sequences lose too
+        much with 8 bits of mantissa: every CRF computation runs in float32, or wider for a float64 model.
+        """
+        dtype = torch.promote_types(self.transitions.dtype, torch.float32)
+        if emissions is not None:
+            dtype = torch.promote_types(dtype, emissions.dtype)
+            emissions = emissions.to(dtype)
+        return emissions, self.transitions.to(dtype), self.start_transitions.to(dtype), self.end_transitions.to(dtype)
+
     def decoding_parameters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Transition, start and end scores with the decoding constraints applied."""
-        forbidden = torch.tensor(FORBIDDEN_SCORE, dtype=self.transitions.dtype, device=self.transitions.device)
-        transitions = torch.where(self.allowed, self.transitions, forbidden)
-        start = torch.where(self.allowed_start, self.start_transitions, forbidden)
-        return transitions, start, self.end_transitions
+        """Transition, start and end scores with the decoding constraints applied, in the computation dtype."""
+        _, transitions, start, end = self.scores()
+        forbidden = torch.tensor(FORBIDDEN_SCORE, dtype=transitions.dtype, device=transitions.device)
+        return torch.where(self.allowed, transitions, forbidden), torch.where(self.allowed_start, start, forbidden), end
 
     def _forward_scores(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Log forward variables α, `(batch, words, num_tags)`; α at padding repeats the last real word."""
-        alpha = self.start_transitions + emissions[:, 0]
+        emissions, transitions, start, _ = self.scores(emissions)
+        alpha = start + emissions[:, 0]
         alphas = [alpha]
         for t in range(1, emissions.size(1)):
-            step = torch.logsumexp(alpha.unsqueeze(2) + self.transitions, dim=1) + emissions[:, t]
+            step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emissions[:, t]
             alpha = torch.where(mask[:, t : t + 1], step, alpha)
             alphas.append(alpha)
         return torch.stack(alphas, dim=1)
 
     def _backward_scores(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Log backward variables β, `(batch, words, num_tags)`; β at the last real word is the end score."""
-        end = self.end_transitions.expand(emissions.size(0), -1)
+        emissions, transitions, _, end_scores = self.scores(emissions)
+        end = end_scores.expand(emissions.size(0), -1)
         beta = end
         betas = [beta]
         for t in range(emissions.size(1) - 2, -1, -1):
-            step = torch.logsumexp(self.transitions + (emissions[:, t + 1] + beta).unsqueeze(1), dim=2)
+            step = torch.logsumexp(transitions + (emissions[:, t + 1] + beta).unsqueeze(1), dim=2)
             beta = torch.where(mask[:, t + 1 : t + 2], step, end)
             betas.append(beta)
         return torch.stack(betas[::-1], dim=1)
@@ -113,22 +133,23 @@ class ConditionalRandomField(nn.Module):
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log Z per sentence by the forward algorithm, `(batch,)`."""
         alpha = self._forward_scores(emissions, mask)[:, -1]
-        log_z = torch.logsumexp(alpha + self.end_transitions, dim=1)
+        log_z = torch.logsumexp(alpha + self.scores()[3], dim=1)
         return torch.where(_lengths(mask) > 0, log_z, torch.zeros_like(log_z))
 
     def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised score of the tag sequences `tags` `(batch, words)`, `(batch,)`; padding tags are ignored."""
+        emissions, transitions, start, end = self.scores(emissions)
         tags = torch.where(mask, tags, torch.zeros_like(tags))
         maskf = mask.to(emissions.dtype)
         emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)
         score = (emitted * maskf).sum(dim=1)
-        score = score + self.start_transitions[tags[:, 0]] * maskf[:, 0]
+        score = score + start[tags[:, 0]] * maskf[:, 0]
         if tags.size(1) > 1:
-            moves = self.transitions[tags[:, :-1], tags[:, 1:]]
+            moves = transitions[tags[:, :-1], tags[:, 1:]]
             score = score + (moves * maskf[:, 1:]).sum(dim=1)
         last = (_lengths(mask) - 1).clamp(min=0)
         last_tags = tags.gather(1, last.unsqueeze(1)).squeeze(1)
-        return score + self.end_transitions[last_tags] * maskf[:, 0]
+        return score + end[last_tags] * maskf[:, 0]
 
     def neg_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of `tags` per sentence, `(batch,)`."""
@@ -161,10 +182,9 @@ class ConditionalRandomField(nn.Module):
             `tags` `(batch, words)` long, `PAD_TAG` (-100) at padding, and `scores` `(batch,)`, the best
             path scores.
         """
+        emissions, transitions, start, end = self.scores(emissions)
         if constrained:
             transitions, start, end = self.decoding_parameters()
-        else:
-            transitions, start, end = self.transitions, self.start_transitions, self.end_transitions
         batch, words, _ = emissions.shape
         score = start + emissions[:, 0]
         history = []
@@ -272,3 +292,63 @@ def marginals_numpy(
     probs = np.zeros_like(emissions)
     probs[:, :steps] = normalised(alphas * betas) * mask[:, :steps, None]
     return probs
+
+
+class CRFDecoder:
+    """Decodes emissions with a CRF's scores in float64 numpy, outside any graph (the pipeline, ONNX Runtime).
+
+    Built once from a `ConditionalRandomField` (whatever its dtype or device) or from saved score arrays, it holds
+    the constrained scores for Viterbi and the raw ones for the marginals, so a call costs only the decoding.
+
+    Args:
+        transitions: `(num_tags, num_tags)`; start_transitions, end_transitions: `(num_tags,)` learned scores.
+        allowed, allowed_start: the BIO decoding constraints (`(num_tags, num_tags)`, `(num_tags,)` bool), or
+            None to decode unconstrained.
+    """
+
+    def __init__(
+        self,
+        transitions: np.ndarray,
+        start_transitions: np.ndarray,
+        end_transitions: np.ndarray,
+        allowed: Optional[np.ndarray] = None,
+        allowed_start: Optional[np.ndarray] = None,
+    ):
+        raw = tuple(np.array(scores, dtype=np.float64) for scores in (transitions, start_transitions, end_transitions))
+        num_tags = raw[0].shape[0]
+        if raw[0].shape != (num_tags, num_tags) or raw[1].shape != (num_tags,) or raw[2].shape != (num_tags,):
+            raise ValueError(
+                f"CRF scores must be (num_tags, num_tags), (num_tags,), (num_tags,); got {[r.shape for r in raw]}."
+            )
+        self.raw = raw
+        decoding = list(raw)
+        if allowed is not None:
+            decoding[0] = np.where(np.asarray(allowed, dtype=bool), raw[0], FORBIDDEN_SCORE)
+        if allowed_start is not None:
+            decoding[1] = np.where(np.asarray(allowed_start, dtype=bool), raw[1], FORBIDDEN_SCORE)
+        self.decoding = tuple(decoding)
+
+    @classmethod
+    def from_crf(cls, crf: ConditionalRandomField, constrained: bool = True) -> "CRFDecoder":
+        """The decoder of `crf`'s current scores, with its BIO constraints when `constrained`."""
+        with torch.no_grad():
+            arrays = [t.detach().cpu().double().numpy() for t in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+            masks = (crf.allowed.cpu().numpy(), crf.allowed_start.cpu().numpy()) if constrained else (None, None)
+        return cls(*arrays, *masks)
+
+    def __call__(self, emissions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Viterbi tags and the posterior marginal probability of each decoded tag.
+
+        Args:
+            emissions: `(batch, words, num_tags)`, any float dtype (decoded in float64).
+            mask: `(batch, words)` bool.
+
+        Returns:
+            `tags` `(batch, words)` int64 (`PAD_TAG` at padding) and `scores` `(batch, words)` float64 (0 at padding).
+        """
+        emissions = np.asarray(emissions, dtype=np.float64)
+        mask = np.asarray(mask, dtype=bool)
+        tags = viterbi_decode_numpy(emissions, mask, *self.decoding)
+        marginals = marginals_numpy(emissions, mask, *self.raw)
+        scores = np.take_along_axis(marginals, np.maximum(tags, 0)[:, :, None], axis=2)[:, :, 0] * mask
+        return tags, scores

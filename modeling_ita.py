@@ -6,29 +6,33 @@ imports only torch, numpy and transformers at top level, and its own siblings th
 (with an absolute fallback so the checkout imports it too).
 """
 
+import json
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 try:
     from .configuration_ita import ITAConfig
     from .crf_ita import PAD_TAG, ConditionalRandomField, bio_transition_constraints
-    from .pipeline_ita import add_custom_pipeline
-
-    # transformers 4.x copies only the *direct* relative imports of this file into its modules cache when a
-    # checkpoint is loaded from a local folder (fixed upstream in huggingface/transformers#46022), so the modules
-    # that pipeline_ita imports are named here too; without them loading or re-saving the model fails.
-    from .alignment_ita import VisualContextBuilder  # noqa: F401
-    from .encoding_ita import encode_example  # noqa: F401
-    from .pretokenizer_ita import TweetPreTokenizer  # noqa: F401
 except ImportError:
     from configuration_ita import ITAConfig
     from crf_ita import PAD_TAG, ConditionalRandomField, bio_transition_constraints
-    from pipeline_ita import add_custom_pipeline
+
+
+logger = logging.get_logger(__name__)
+
+PIPELINE_FILE = "pipeline_ita.py"
+# Files a checkpoint needs beyond the model's own remote code, by their name in the checkpoint -> name here; the
+# pipeline's sibling modules are added from its imports.
+SERVING_FILES = {PIPELINE_FILE: PIPELINE_FILE, "handler.py": "handler.py", "requirements.txt": "handler_requirements.txt"}
+_PUSH_ARGUMENTS = ("repo_id", "commit_message", "private", "create_pr", "revision", "commit_description")
 
 
 @dataclass
@@ -83,22 +87,138 @@ class ITAPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.Embedding):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        elif isinstance(module, ConditionalRandomField):
-            module.transitions.data.zero_()
-            module.start_transitions.data.zero_()
-            module.end_transitions.data.zero_()
+        # transformers' own initialisation for linear, embedding and norm layers. Everything here goes through
+        # `nn.init`, which transformers 5 guards so that weights it has just loaded are not overwritten (it builds
+        # the model on the meta device and re-initialises every module whose tensors were not all loaded).
+        super()._init_weights(module)
+        if isinstance(module, ConditionalRandomField):
+            nn.init.zeros_(module.transitions)
+            nn.init.zeros_(module.start_transitions)
+            nn.init.zeros_(module.end_transitions)
+            # The constraint masks are derived from the labels, never loaded: transformers 5 refills such
+            # non-persistent buffers with uninitialised memory before calling this, so they are rebuilt here.
+            module.reset_constraints(*self._decoding_constraints())
+
+    def _decoding_constraints(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The CRF's `allowed` and `allowed_start` masks for `config.labels` (None when unconstrained)."""
+        if not self.config.crf_bio_constraints:
+            return None, None
+        return bio_transition_constraints(self.config.labels)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, push_to_hub: bool = False, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the files that serve the checkpoint (see `write_serving_files`).
+
+        With `push_to_hub=True` the folder is uploaded once it is complete.
+        """
+        hub_kwargs = {key: kwargs.pop(key) for key in _PUSH_ARGUMENTS if key in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_serving_files(save_directory, self.name_or_path)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", None) or Path(save_directory).name
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that refuses a checkpoint whose CRF scores are missing or malformed.
+
+        A CRF missing from the weights would otherwise be initialised to zero with only a warning, and the model
+        would decode without its learned transitions; a malformed one fails inside transformers without naming
+        the file.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except (RuntimeError, ValueError) as error:
+            problem = _crf_weights_problem(pretrained_model_name_or_path, kwargs)
+            if problem:
+                raise ValueError(problem) from error
+            raise
+        if any(key.startswith("crf.") for key in loading_info.get("missing_keys", ())):
+            raise ValueError(_crf_weights_problem(pretrained_model_name_or_path, kwargs) or "The CRF scores are missing.")
+        return (model, loading_info) if output_loading_info else model
+
+
+def write_serving_files(folder: Union[str, os.PathLike], source: Optional[str] = None) -> list[str]:
+    """Copies the pipeline's remote code and the Inference Endpoints files into a checkpoint folder.
+
+    `save_pretrained` writes the model's own remote code (this file, the config, the CRF); the config's
+    `custom_pipelines` names `pipeline_ita.MultimodalNERPipeline`, and `handler.py` + `requirements.txt` serve the
+    folder on Inference Endpoints, so those travel too. Each file is taken from beside this module (the checkout,
+    or an installed copy) or, for a model that was itself loaded as remote code (whose module folder holds only
+    what the model imports), from the checkpoint it was loaded from, `source`.
+
+    Returns:
+        The names of the files written.
+    """
+    from transformers.dynamic_module_utils import get_relative_imports
+    from transformers.utils import cached_file
+
+    here = Path(__file__).resolve().parent
+    folder = Path(folder)
+
+    def copy(target: str, name: str) -> bool:
+        destination = folder / target
+        if destination.exists():
+            return True
+        origin = here / name
+        if not origin.is_file() and source:
+            try:
+                origin = Path(cached_file(source, target, _raise_exceptions_for_missing_entries=False) or "")
+            except OSError:
+                return False
+        if not origin.is_file():
+            return False
+        shutil.copyfile(origin, destination)
+        written.append(target)
+        return True
+
+    written: list[str] = []
+    missing = [target for target, name in SERVING_FILES.items() if not copy(target, name)]
+    # The pipeline's sibling modules, import by import from the copies just written.
+    pending = [PIPELINE_FILE] if (folder / PIPELINE_FILE).is_file() else []
+    while pending:
+        for module in get_relative_imports(folder / pending.pop()):
+            name = f"{module}.py"
+            if not (folder / name).exists():
+                if copy(name, name):
+                    pending.append(name)
+                else:
+                    missing.append(name)
+    if missing:
+        logger.warning(
+            f"{folder} lacks {missing}: pipeline(model=..., trust_remote_code=True) or an Inference Endpoint may not "
+            "open it. Save the model from the ITA code (or a checkpoint that has these files) to complete it."
+        )
+    return written
+
+
+def _crf_weights_problem(pretrained_model_name_or_path, kwargs: dict) -> Optional[str]:
+    """What is wrong with the CRF scores in a checkpoint's `model.safetensors`, or None when they look right."""
+    from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
+
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        config = ITAConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        path = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
+    except (OSError, ValueError):
+        return None  # not a single-file ITA checkpoint: transformers' own error says more
+    num_tags = config.num_labels
+    expected = {"crf.transitions": (num_tags, num_tags), "crf.start_transitions": (num_tags,), "crf.end_transitions": (num_tags,)}
+    # The safetensors header: an 8-byte little-endian length, then JSON with each tensor's shape.
+    with open(path, "rb") as weights:
+        header = json.loads(weights.read(int.from_bytes(weights.read(8), "little")))
+    shapes = {key: tuple(header[key]["shape"]) for key in expected if key in header}
+    wrong = {key: shapes.get(key) for key, shape in expected.items() if shapes.get(key) != shape}
+    if not wrong:
+        return None
+    found = ", ".join(f"{key} {'missing' if shape is None else shape}" for key, shape in wrong.items())
+    return (
+        f"{path} does not hold the CRF of this {num_tags}-label model ({found}; expected "
+        f"{', '.join(f'{k} {v}' for k, v in expected.items())}). It is not a trained ITA checkpoint, or its weights "
+        "do not match its config.json labels: save the model again with `save_pretrained`."
+    )
 
 
 class ITAForTokenClassification(ITAPreTrainedModel):
@@ -110,16 +230,13 @@ class ITAForTokenClassification(ITAPreTrainedModel):
 
     def __init__(self, config: ITAConfig):
         super().__init__(config)
-        add_custom_pipeline(config)
-        self.encoder = AutoModel.from_config(config.encoder_config)
+        # The encoder takes the dtype the whole model is being built in (`from_pretrained(..., dtype=...)` sets the
+        # default dtype), not the one its own saved config names.
+        self.encoder = AutoModel.from_config(config.encoder_config, dtype=torch.get_default_dtype())
         _drop_pooler(self.encoder)
         self.word_dropout = ITAWordDropout(config.word_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        if config.crf_bio_constraints:
-            allowed, allowed_start = bio_transition_constraints(config.labels)
-        else:
-            allowed = allowed_start = None
-        self.crf = ConditionalRandomField(config.num_labels, allowed, allowed_start)
+        self.crf = ConditionalRandomField(config.num_labels, *self._decoding_constraints())
         self.post_init()
 
     @classmethod
@@ -232,7 +349,7 @@ class ITAForTokenClassification(ITAPreTrainedModel):
             return_tags (`bool`, *optional*, defaults to `False`):
                 Also return Viterbi `tags` and their marginal `tag_scores` for the cross-modal view.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if word_index.dim() != 2 or word_index.size(1) == 0:
             raise ValueError(f"`word_index` must be (batch_size, num_words) with num_words >= 1, got {tuple(word_index.shape)}.")
         emissions, word_mask = self.word_emissions(input_ids, attention_mask, token_type_ids, word_index)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from transformers import AutoModelForTokenClassification, PretrainedConfig
+from transformers import AutoModelForTokenClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
@@ -23,20 +23,21 @@ try:
     from .alignment_ita import (
         Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
     )
-    from .crf_ita import marginals_numpy, viterbi_decode_numpy
+    from .configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
+    from .crf_ita import CRFDecoder
     from .encoding_ita import TweetTooLongError, encode_example, pad_batch
     from .pretokenizer_ita import TweetPreTokenizer
 except ImportError:
     from alignment_ita import (
         Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
     )
-    from crf_ita import marginals_numpy, viterbi_decode_numpy
+    from configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
+    from crf_ita import CRFDecoder
     from encoding_ita import TweetTooLongError, encode_example, pad_batch
     from pretokenizer_ita import TweetPreTokenizer
 
 logger = logging.get_logger(__name__)
 
-TASK = "multimodal-ner"
 AGGREGATION_STRATEGIES = ("none", "simple")
 # Encoders whose position ids start after the padding index, so `padding_idx + 1` positions are unusable.
 _OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
@@ -83,14 +84,13 @@ class MultimodalNERPipeline(ChunkPipeline):
     Model contract. The pipeline needs from `model` only:
         - `model.config`: an `ITAConfig` (labels, `crf_bio_constraints`, context order and separator,
           `max_context_tokens`, `aligners`, encoder sizes);
-        - `model.crf`: a `ConditionalRandomField` (its `transitions`, `start_transitions`, `end_transitions` and
-          `decoding_parameters()`);
+        - `model.crf`: a `ConditionalRandomField` (read once, into a `crf_ita.CRFDecoder`);
         - `model(input_ids=..., attention_mask=..., [token_type_ids=...,] word_index=...)` returning the
           emissions `logits` of shape `(batch_size, num_words, num_labels)` (attribute, key or first element).
-    All decoding happens in `postprocess` with numpy: constrained Viterbi (`viterbi_decode_numpy` on
-    `crf.decoding_parameters()` when `config.crf_bio_constraints`) and forward–backward marginals
-    (`marginals_numpy` on the raw CRF scores) for the scores. So any model object with that interface, e.g. an
-    ONNX Runtime wrapper, runs through this pipeline unchanged.
+    Decoding runs outside the model, in float64 numpy (`CRFDecoder`: constrained Viterbi when
+    `config.crf_bio_constraints`, forward–backward marginals for the scores), once per batch in `_forward`, and
+    once per tweet in `postprocess` for a long tweet's stitched windows. So any model object with that interface,
+    e.g. an ONNX Runtime wrapper or a half-precision model, runs through this pipeline unchanged.
 
     Long tweets. A tweet whose words do not fit the encoder is split into windows of whole words that overlap
     by `stride` words; every window is read with the visual context, each word takes its emissions from the
@@ -100,8 +100,13 @@ class MultimodalNERPipeline(ChunkPipeline):
     Args:
         aligners (`Aligner`, `dict` or a list of them, *optional*):
             Aligners (objects of `alignment_ita`, or their `to_dict()` specs) that turn an image into visual
-            context, used instead of the checkpoint's `config.aligners`. `[]` tags text only. Built once, when
-            the pipeline is created.
+            context, used instead of the checkpoint's `config.aligners` and `config.live_aligners`. `[]` tags text
+            only. Built once, when the pipeline is created.
+        context_dir (`str` or `os.PathLike`, *optional*):
+            A folder holding the precomputed-context files the checkpoint records (by name and sha256 in
+            `config.aligners`), searched before the checkpoint's own folder. These files are looked up nowhere else,
+            and one whose checksum differs is not used (a warning names it). For an image they hold no context for,
+            the checkpoint's `config.live_aligners` (e.g. a captioner) compute it from the pixels.
         **kwargs: the usual `Pipeline` arguments (`model`, `tokenizer`, `device`, `batch_size`, ...) and any
             call argument of `__call__` as a default.
     """
@@ -111,7 +116,13 @@ class MultimodalNERPipeline(ChunkPipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def __init__(self, *args, aligners: Union[None, Aligner, dict, list] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        aligners: Union[None, Aligner, dict, list] = None,
+        context_dir: Optional[Union[str, os.PathLike]] = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self.tokenizer is None or not self.tokenizer.is_fast:
             raise ValueError(
@@ -120,46 +131,63 @@ class MultimodalNERPipeline(ChunkPipeline):
             )
         config = self.model.config
         self.pre_tokenizer = TweetPreTokenizer()
-        self.context_builder = VisualContextBuilder(order=config.context_order, separator=config.context_separator)
-        self.aligners = self._build_aligners(aligners)
+        self.context_builder = VisualContextBuilder.from_config(config)
+        self.aligners, self.live_aligners = self._build_aligners(aligners, context_dir)
         self.max_length = self._encoder_limit()
-        self._crf_cache_key: Optional[tuple[bytes, bool]] = None
-        self._crf_cache: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]] = ((), ())
+        # Built once: the pipeline decodes with the CRF scores the model has when the pipeline is created.
+        self.decoder = CRFDecoder.from_crf(self.model.crf, constrained=config.crf_bio_constraints)
 
-    def _build_aligners(self, aligners: Union[None, Aligner, dict, list]) -> list[Aligner]:
-        """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable."""
+    def _build_aligners(
+        self, aligners: Union[None, Aligner, dict, list], context_dir: Optional[Union[str, os.PathLike]]
+    ) -> tuple[list[Aligner], list[Aligner]]:
+        """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable.
+
+        Returns:
+            `(aligners, live_aligners)`: the aligners run for every image, and the checkpoint's live aligners, run
+            instead of its precomputed aligners for an image none of those holds a context for.
+        """
+        if context_dir is not None and not os.path.isdir(context_dir):
+            raise ValueError(f"`context_dir` must be a folder holding precomputed-context files; {str(context_dir)!r} is not one.")
+        config = self.model.config
+        # Context files recorded by name are looked up only in the caller's folder and the checkpoint's own folder (or
+        # Hub repository), never at a path read from config.json.
+        folders = [str(folder) for folder in (context_dir, config.name_or_path) if folder]
         if aligners is not None:
             given = aligners if isinstance(aligners, (list, tuple)) else [aligners]
-            return [self._as_aligner(aligner) for aligner in given]
-        built, unavailable = [], []
-        for spec in self.model.config.aligners:
-            try:
-                built.append(aligner_from_dict(spec))
-            except Exception as err:  # noqa: BLE001 - any failure (missing file, package, model) is reported below.
-                kind = "precomputed contexts" if spec_is_precomputed(spec) else "aligner"
-                unavailable.append(f"{spec.get('type')!r} {kind} ({type(err).__name__}: {err})")
+            return [self._as_aligner(aligner, folders) for aligner in given], []
+        built: dict[str, list[Aligner]] = {"aligners": [], "live_aligners": []}
+        unavailable = []
+        for field, aligner_list in built.items():
+            for spec in getattr(config, field):
+                try:
+                    aligner_list.append(aligner_from_dict(spec, context_dirs=folders))
+                except Exception as err:  # noqa: BLE001 - any failure (missing file, package, model) is reported below.
+                    kind = "live aligner" if field == "live_aligners" else "precomputed contexts" if spec_is_precomputed(spec) else "aligner"
+                    unavailable.append(f"{spec.get('type')!r} {kind} ({type(err).__name__}: {err})")
+        aligners, live = built["aligners"], built["live_aligners"]
         if unavailable:
+            usable = [a.type for a in aligners] + [f"{a.type} (live, for images without precomputed context)" for a in live]
             outcome = (
-                "Images are ignored and tweets are tagged text-only"
-                if not built
-                else f"Only {[a.type for a in built]} will turn images into context"
+                "Images are ignored and tweets are tagged text-only" if not usable
+                else f"Only {usable} will turn images into context"
             )
             logger.warning(
-                f"This checkpoint was trained with visual context from {len(self.model.config.aligners)} aligner(s), "
-                f"of which these cannot be rebuilt here: {'; '.join(unavailable)}. {outcome}. Pass `aligners=` "
-                "(e.g. alignment_ita.RapidOCRAligner()) to the pipeline, or `visual_context=` with each call."
+                f"This checkpoint was trained with visual context from {len(config.aligners)} aligner(s) and names "
+                f"{len(config.live_aligners)} live aligner(s), of which these cannot be rebuilt here: "
+                f"{'; '.join(unavailable)}. {outcome}. Pass `context_dir=` (the folder of the recorded context files), "
+                "`aligners=` (e.g. alignment_ita.RapidOCRAligner()) to the pipeline, or `visual_context=` with each call."
             )
-        return built
+        return aligners, live
 
     @staticmethod
-    def _as_aligner(aligner: Union[Aligner, dict]) -> Aligner:
-        """A spec dict built into an aligner, or an aligner object as it is.
+    def _as_aligner(aligner: Union[Aligner, dict], folders: list[str]) -> Aligner:
+        """A spec dict built into an aligner (its recorded context files looked up in `folders`), or an aligner object.
 
         Objects are recognised by their interface, not by class: the checkout's `alignment_ita.Aligner` and the
         copy a checkpoint loads as remote code are different classes with the same methods.
         """
         if isinstance(aligner, dict):
-            return aligner_from_dict(aligner)
+            return aligner_from_dict(aligner, context_dirs=folders)
         if not (callable(getattr(aligner, "align", None)) and hasattr(aligner, "needs_images")):
             raise TypeError(f"{aligner!r} is not an aligner: pass alignment_ita aligner objects or their to_dict() specs.")
         return aligner
@@ -179,6 +207,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         timeout: Optional[float] = None,
         aggregation_strategy: Optional[str] = None,
         return_visual_context: Optional[bool] = None,
+        ignore_labels: Optional[list[str]] = None,
     ):
         preprocess_params: dict[str, Any] = {}
         if visual_context is not None:
@@ -192,6 +221,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         if timeout is not None:
             preprocess_params["timeout"] = timeout
         postprocess_params: dict[str, Any] = {}
+        if ignore_labels is not None:
+            if isinstance(ignore_labels, str) or not all(isinstance(label, str) for label in ignore_labels):
+                raise TypeError(f"`ignore_labels` must be a list of labels (e.g. ['O']), got {ignore_labels!r}.")
+            postprocess_params["ignore_labels"] = list(ignore_labels)
         if aggregation_strategy is not None:
             strategy = getattr(aggregation_strategy, "value", aggregation_strategy)
             if strategy not in AGGREGATION_STRATEGIES:
@@ -227,10 +260,14 @@ class MultimodalNERPipeline(ChunkPipeline):
                 Read a list of strings as the words of one tweet rather than as a batch of tweets.
             visual_context (`str`, *optional*):
                 The text the image became, overriding the aligners ("" tags text only).
-            aggregation_strategy (`str`, *optional*, defaults to `"simple"`):
+            aggregation_strategy (`str`, *optional*):
                 `"simple"`: one dict per entity span (`entity_group`, `score` = mean word score, `word`, `start`,
-                `end`); `"none"`: one dict per word not tagged `O` (`entity`, `score`, `index` = word index,
-                `word`, `start`, `end`).
+                `end`); `"none"`: one dict per word (`entity`, `score`, `index` = word index, `word`, `start`,
+                `end`). Defaults to `"simple"`, or to `"none"` when the pipeline was opened as
+                `"token-classification"`, as `TokenClassificationPipeline` does.
+            ignore_labels (`list[str]`, *optional*, defaults to `["O"]`):
+                Words (`entity`) and spans (`entity_group`) with these labels are left out, as in
+                `TokenClassificationPipeline`; `[]` returns every word (`aggregation_strategy="none"`).
             return_visual_context (`bool`, *optional*, defaults to `False`):
                 Return `{"entities": [...], "visual_context": str}` instead of the list of entities.
             stride (`int`, *optional*, defaults to 16):
@@ -343,20 +380,28 @@ class MultimodalNERPipeline(ChunkPipeline):
         return image.convert("RGB")
 
     def _align(self, inputs: dict[str, Any], timeout: float) -> str:
-        """The visual context of one input from the pipeline's aligners; "" (and one warning) when it fails."""
+        """The visual context of one input from the pipeline's aligners; "" (and one warning) when it fails.
+
+        An image that no precomputed aligner knows (a new image, or none could be built) gets its context from the
+        live aligners instead of the precomputed ones, through the same context builder.
+        """
         image, image_id = inputs["image"], inputs["image_id"]
-        if not self.aligners or (image is None and image_id is None):
+        if not (self.aligners or self.live_aligners) or (image is None and image_id is None):
             return ""
         if image_id is None and isinstance(image, (str, os.PathLike)):
             image_id = image_id_from_name(str(image))
+        aligners = self.aligners
+        precomputed = [aligner for aligner in aligners if not aligner.needs_images]
+        if self.live_aligners and (image_id is None or not any(aligner.knows(image_id) for aligner in precomputed)):
+            aligners = [aligner for aligner in aligners if aligner.needs_images] + self.live_aligners
         problems, picture = [], None
-        if image is not None and any(aligner.needs_images for aligner in self.aligners):
+        if image is not None and any(aligner.needs_images for aligner in aligners):
             try:
                 picture = self._load_image(image, timeout)
             except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
                 problems.append(f"cannot read the image {_describe(image)} ({type(err).__name__}: {err})")
         segments: dict[str, list[str]] = {}
-        for aligner in self.aligners:
+        for aligner in aligners:
             if (picture if aligner.needs_images else image_id) is None:
                 continue
             try:
@@ -390,7 +435,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         mask = np.zeros(logits.shape[:2], dtype=bool)
         for i in present:
             mask[i, : len(features[i]["word_index"])] = True
-        tags, tag_scores = self._decode(logits.numpy(), mask)
+        tags, tag_scores = self.decoder(logits.numpy(), mask)
         return {
             "logits": logits,
             "tags": torch.from_numpy(tags),
@@ -401,34 +446,18 @@ class MultimodalNERPipeline(ChunkPipeline):
             "is_last": model_inputs["is_last"],
         }
 
-    def _decode(self, emissions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Constrained Viterbi tags `(batch, words)` and the CRF marginal probability of each, 0 at padding."""
-        decoding, raw = self._crf_scores()
-        tags = viterbi_decode_numpy(emissions, mask, *decoding)
-        marginals = marginals_numpy(emissions, mask, *raw)
-        scores = np.take_along_axis(marginals, np.maximum(tags, 0)[:, :, None], axis=2)[:, :, 0] * mask
-        return tags, scores
-
-    def _crf_scores(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-        """(decoding scores, raw scores) of the CRF as float64 arrays: (transitions, start, end) each.
-
-        Rebuilt only when the CRF's values change (keyed on the values themselves, so updates through `.data`
-        count too), since building them per tweet costs as much as decoding the tweet.
-        """
-        crf = self.model.crf
-        parameters = (crf.transitions, crf.start_transitions, crf.end_transitions)
-        with torch.no_grad():
-            values = torch.cat([t.reshape(-1) for t in parameters]).cpu().numpy().tobytes()
-            key = (values, self.model.config.crf_bio_constraints)
-            if self._crf_cache_key != key:
-                decoding = crf.decoding_parameters() if self.model.config.crf_bio_constraints else parameters
-                self._crf_cache = tuple(tuple(t.cpu().double().numpy() for t in scores) for scores in (decoding, parameters))
-                self._crf_cache_key = key
-        return self._crf_cache
-
     def postprocess(
-        self, all_outputs: list[dict[str, Any]], aggregation_strategy: str = "simple", return_visual_context: bool = False
+        self,
+        all_outputs: list[dict[str, Any]],
+        aggregation_strategy: Optional[str] = None,
+        return_visual_context: bool = False,
+        ignore_labels: Optional[list[str]] = None,
     ) -> Union[list[dict[str, Any]], dict[str, Any]]:
+        if aggregation_strategy is None:
+            # Opened as "token-classification" (the Hub's snippet, `evaluate`'s evaluator), the pipeline answers
+            # as TokenClassificationPipeline does by default: one dict per word.
+            aggregation_strategy = "none" if self.task in PIPELINE_TASK_ALIASES else "simple"
+        ignore_labels = ["O"] if ignore_labels is None else ignore_labels
         item = all_outputs[0]["item"]
         entities: list[dict[str, Any]] = []
         if item.words:
@@ -442,10 +471,15 @@ class MultimodalNERPipeline(ChunkPipeline):
                     (start, _), (keep_start, keep_end) = output["span"], output["keep"]
                     pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
                 emissions = np.concatenate(pieces)[None]
-                tags, scores = self._decode(emissions, np.ones(emissions.shape[:2], dtype=bool))
+                tags, scores = self.decoder(emissions, np.ones(emissions.shape[:2], dtype=bool))
                 tags, scores = tags[0], scores[0].tolist()
             labels = [self.model.config.id2label[int(tag)] for tag in tags]
             entities = (_word_entities if aggregation_strategy == "none" else _grouped_entities)(item, labels, scores)
+            # As in TokenClassificationPipeline: a word's `entity` (B-/I- tag) or a span's `entity_group`.
+            entities = [
+                entity for entity in entities
+                if entity.get("entity") not in ignore_labels and entity.get("entity_group") not in ignore_labels
+            ]
         if return_visual_context:
             return {"entities": entities, "visual_context": item.visual_context}
         return entities
@@ -481,21 +515,22 @@ def _input_dict(element: Any, image: Any) -> dict[str, Any]:
 
 
 def _word_entities(item: TweetInput, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
-    """`aggregation_strategy="none"`: one dict per word not tagged `O`, TokenClassificationPipeline's schema."""
+    """`aggregation_strategy="none"`: one dict per word, TokenClassificationPipeline's schema."""
     return [
         {"entity": label, "score": score, "index": index, "word": item.words[index], "start": start, "end": end}
         for index, (label, score, (start, end)) in enumerate(zip(labels, scores, item.offsets))
-        if label != "O"
     ]
 
 
 def _grouped_entities(item: TweetInput, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
-    """`aggregation_strategy="simple"`: one dict per BIO span; an `I-X` not continuing an `X` span starts one."""
+    """`aggregation_strategy="simple"`: one dict per BIO span; an `I-X` not continuing an `X` span starts one.
+
+    Consecutive `O` words form one `O` group, as in TokenClassificationPipeline (dropped unless `ignore_labels`
+    lets `O` through).
+    """
     spans: list[tuple[str, list[int]]] = []
     for index, label in enumerate(labels):
-        if label == "O":
-            continue
-        prefix, entity_type = label.split("-", 1)
+        prefix, entity_type = label.split("-", 1) if label != "O" else ("I", "O")
         if prefix == "I" and spans and spans[-1][0] == entity_type and spans[-1][1][-1] == index - 1:
             spans[-1][1].append(index)
         else:
@@ -510,22 +545,9 @@ def _grouped_entities(item: TweetInput, labels: list[str], scores: list[float]) 
     return entities
 
 
-def add_custom_pipeline(config: PretrainedConfig) -> None:
-    """Records the multimodal-ner pipeline in `config.custom_pipelines`.
-
-    `modeling_ita` calls this for every model, so every saved checkpoint opens with
-    `pipeline(model=<checkpoint>, trust_remote_code=True)` (the task is inferred from this single entry).
-    The entry has the form `Pipeline.save_pretrained` writes, without the TensorFlow classes transformers 5 dropped.
-    """
-    pipelines = dict(getattr(config, "custom_pipelines", None) or {})
-    pipelines[TASK] = {
-        "impl": f"{MultimodalNERPipeline.__module__.rsplit('.', 1)[-1]}.{MultimodalNERPipeline.__name__}",
-        "pt": [AutoModelForTokenClassification.__name__],
-        "type": "multimodal",
-    }
-    config.custom_pipelines = pipelines
-
-
-PIPELINE_REGISTRY.register_pipeline(
-    TASK, pipeline_class=MultimodalNERPipeline, pt_model=AutoModelForTokenClassification, type="multimodal"
-)
+# A checkpoint's remote code can be imported more than once in a process (transformers 5 loads each entry module
+# into its own package): the first registration stands, without transformers' "Overwriting" warning each time.
+if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=MultimodalNERPipeline, pt_model=AutoModelForTokenClassification, type="multimodal"
+    )

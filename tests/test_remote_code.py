@@ -16,7 +16,7 @@ import json, sys, torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 config = AutoConfig.from_pretrained("ckpt", trust_remote_code=True)
 model = AutoModelForTokenClassification.from_pretrained("ckpt", trust_remote_code=True).eval()
-tokenizer = AutoTokenizer.from_pretrained("ckpt")
+tokenizer = AutoTokenizer.from_pretrained("ckpt", trust_remote_code=True)  # transformers 5 reads the config first
 batch = torch.load("batch.pt")
 with torch.no_grad():
     out = model(**batch, return_tags=True)
