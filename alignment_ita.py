@@ -7,32 +7,57 @@ Every aligner here maps a batch of images to a list of *segments* per image, a d
 joins the segments into one string.
 
 This module is copied into model checkpoints and loaded by transformers' remote-code loader, so its
-top-level imports are limited to the standard library, numpy, torch and transformers. Pillow, RapidOCR
-and pytesseract are imported only when an aligner or the image loader needs them.
+top-level imports are limited to the standard library, numpy, torch, transformers and its sibling
+``configuration_ita`` (which defines the context defaults and the spec checks the model config shares). Pillow,
+RapidOCR and pytesseract are imported only when an aligner or the image loader needs them.
 
 Every aligner serialises to a JSON-able spec with :meth:`Aligner.to_dict` and is rebuilt with
 :func:`aligner_from_dict`; a model config stores these specs so a pipeline can rebuild the aligners a
-checkpoint was trained with.
+checkpoint was trained with. A spec never holds a path of this machine: precomputed contexts are recorded by
+file name, sha256 checksum and what produced them, and rebuilt only from files found by that name in the folders
+the caller names (the checkpoint's own folder, a ``context_dir``), checksum verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
-import logging
+import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-logger = logging.getLogger(__name__)
+try:
+    from .configuration_ita import (
+        CONTEXT_BUILDER_FIELDS,
+        DEFAULT_CONTEXT_ORDER,
+        DEFAULT_CONTEXT_SEPARATOR,
+        DEFAULT_PIECE_SEPARATORS,
+        PRECOMPUTED_FORMATS,
+        PRECOMPUTED_TYPE,
+        validate_aligner_spec,
+        validate_context_builder,
+        validate_context_file,
+    )
+except ImportError:
+    from configuration_ita import (
+        CONTEXT_BUILDER_FIELDS,
+        DEFAULT_CONTEXT_ORDER,
+        DEFAULT_CONTEXT_SEPARATOR,
+        DEFAULT_PIECE_SEPARATORS,
+        PRECOMPUTED_FORMATS,
+        PRECOMPUTED_TYPE,
+        validate_aligner_spec,
+        validate_context_builder,
+        validate_context_file,
+    )
 
 #: Segment names, in the default order of the visual context (SPEC §1: caption, object tags, OCR).
-SEGMENTS: tuple[str, ...] = ("caption", "objects", "ocr")
-DEFAULT_CONTEXT_ORDER: list[str] = list(SEGMENTS)
-DEFAULT_CONTEXT_SEPARATOR: str = " | "
+SEGMENTS: tuple[str, ...] = tuple(DEFAULT_CONTEXT_ORDER)
 #: Images larger than this are refused before decoding (decompression-bomb guard); 64 MP ≈ 8000×8000.
 DEFAULT_MAX_PIXELS: int = 64_000_000
 #: File extensions tried, in order, when an image is named by its id only.
@@ -201,6 +226,13 @@ class Aligner:
         """Whether :meth:`align` reads the pixels (precomputed aligners only need image ids)."""
         return not self.precomputed
 
+    def knows(self, image_id: str) -> bool:
+        """Whether this aligner holds a context for ``image_id`` without seeing the image (precomputed aligners).
+
+        The pipeline runs a checkpoint's live aligners instead of its precomputed ones for an image none of them knows.
+        """
+        return True
+
     def align(self, images: Sequence[Any], image_ids: Sequence[str] | None = None) -> list[Segments]:
         """Align a batch of images.
 
@@ -219,9 +251,23 @@ class Aligner:
         return self.align([image], None if image_id is None else [image_id])[0]
 
     @classmethod
-    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
-        """Settings in a form that compares equal however they were written (by default, as given)."""
-        return settings
+    def normalize_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings of a spec in the form :meth:`settings` writes: every constructor argument, defaults filled in.
+
+        Raises:
+            ValueError: A setting is not an argument of the constructor, or a required one is missing.
+        """
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, **settings)
+        except TypeError as err:
+            raise ValueError(f"invalid settings for aligner {cls.type!r}: {err}") from err
+        bound.apply_defaults()
+        return dict(list(bound.arguments.items())[1:])
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], context_dirs: Sequence[str | Path] = ()) -> Aligner:
+        """Build the aligner of a spec's settings; ``context_dirs`` matter only to precomputed aligners."""
+        return cls(**cls.normalize_settings(settings))
 
     def settings(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments of this aligner."""
@@ -235,8 +281,23 @@ class Aligner:
         return f"{type(self).__name__}({json.dumps(self.settings(), sort_keys=True)})"
 
 
+def _spec_class(spec: dict[str, Any]) -> tuple[type[Aligner], dict[str, Any]]:
+    """The aligner class of a spec and its settings (the spec without ``type`` and ``precomputed``)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"an aligner spec is a dict {{'type': <name>, ...settings}}, got {spec!r}")
+    settings = dict(spec)
+    name = settings.pop("type", None)
+    settings.pop("precomputed", None)
+    if name not in ALIGNER_TYPES:
+        raise ValueError(f"unknown aligner type {name!r} in {spec}; known types: {sorted(ALIGNER_TYPES)}")
+    return ALIGNER_TYPES[name], settings
+
+
 def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Complete an aligner spec with its defaults and check it, without building the aligner.
+
+    Precomputed contexts given by ``paths`` are turned into file records (name, sha256, source), so the result
+    holds no path, and one file spelled two ways (relative, through a symlink) gives one spec.
 
     Args:
         spec: ``{"type": <name>, ...settings}``; the ``precomputed`` flag is recomputed from the type.
@@ -246,40 +307,31 @@ def normalize_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
     Raises:
         ValueError: The type is unknown or a setting is not accepted by that aligner.
+        FileNotFoundError: A precomputed file given by path does not exist.
     """
-    settings = dict(spec)
-    name = settings.pop("type", None)
-    settings.pop("precomputed", None)
-    if name not in ALIGNER_TYPES:
-        raise ValueError(f"unknown aligner type {name!r} in {spec}; known types: {sorted(ALIGNER_TYPES)}")
-    cls = ALIGNER_TYPES[name]
-    try:
-        bound = inspect.signature(cls.__init__).bind(None, **settings)
-    except TypeError as err:
-        raise ValueError(f"invalid settings for aligner {name!r}: {err}") from err
-    bound.apply_defaults()
-    arguments = cls.canonical_settings(dict(list(bound.arguments.items())[1:]))
-    return {"type": name, "precomputed": cls.precomputed, **arguments}
+    cls, settings = _spec_class(spec)
+    return {"type": cls.type, "precomputed": cls.precomputed, **cls.normalize_settings(settings)}
 
 
-def aligner_from_dict(spec: dict[str, Any]) -> Aligner:
-    """Rebuild an aligner from the spec written by :meth:`Aligner.to_dict`.
+def aligner_from_dict(spec: dict[str, Any], context_dirs: Sequence[str | Path] = ()) -> Aligner:
+    """Rebuild an aligner from the spec written by :meth:`Aligner.to_dict` (or a hand-written one).
 
     Args:
         spec: ``{"type": <name>, ...settings}``; the ``precomputed`` flag is informational.
+        context_dirs: Where precomputed files recorded by name are looked up, in order: local folders or Hub model
+            ids (see :func:`locate_context_file`). A spec giving ``paths`` reads those paths instead.
 
     Returns:
         The aligner.
 
     Raises:
-        ValueError: The type is unknown or a setting is not accepted by that aligner.
+        ValueError: The type is unknown, a setting is not accepted by that aligner, or a precomputed file found
+            by name has another checksum than the recorded one.
         FileNotFoundError: A precomputed aligner's files are absent (e.g. rebuilding a checkpoint's
             aligners on another machine); check :func:`spec_is_precomputed` first to report that.
     """
-    settings = normalize_spec(spec)
-    cls = ALIGNER_TYPES[settings.pop("type")]
-    settings.pop("precomputed")
-    return cls(**settings)
+    cls, settings = _spec_class(spec)
+    return cls.from_settings(settings, context_dirs)
 
 
 def spec_is_precomputed(spec: dict[str, Any]) -> bool:
@@ -392,15 +444,20 @@ class ObjectTagAligner(Aligner):
 
 
 class CaptionAligner(Aligner):
-    """Captions (SPEC §1 global alignment) from any transformers ``image-to-text`` model.
+    """Captions (SPEC §1 global alignment) from any transformers image captioner (BLIP, GIT, ViT-GPT2 ...).
+
+    The model is run directly (image processor → ``generate`` → tokenizer decoding, as transformers 4's
+    ``image-to-text`` pipeline does), because transformers 5 replaced that pipeline with ``image-text-to-text``,
+    which expects chat prompts.
 
     Args:
-        model: A model id or local path (BLIP, GIT, ViT-GPT2 ...), or a ready ``image-to-text`` pipeline.
+        model: A model id or local folder holding the model (an ``AutoModelForImageTextToText`` class), its image
+            processor and tokenizer, or a ready ``(model, image_processor, tokenizer)`` triple.
         generate_kwargs: Generation settings passed to ``generate`` (e.g. ``max_new_tokens``,
             ``num_beams``, ``num_return_sequences`` for several captions per image). Defaults to greedy
             decoding of at most 30 new tokens, which is deterministic.
         batch_size: Images per forward pass.
-        device: Pipeline device (``None`` = CPU).
+        device: Torch device, or a pipeline-style index (``None`` or -1 = CPU).
     """
 
     type = "image-to-text"
@@ -413,15 +470,21 @@ class CaptionAligner(Aligner):
         batch_size: int = 8,
         device: str | int | None = None,
     ) -> None:
-        from transformers import pipeline
-
-        self.model_name = _model_name(model)
         self.generate_kwargs = dict(generate_kwargs) if generate_kwargs else {"max_new_tokens": 30, "do_sample": False}
         self.batch_size = batch_size
         self.device = device
         if isinstance(model, str):
-            model = pipeline("image-to-text", model=model, device=_device_arg(device))
-        self.pipe = model
+            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+            self.model_name = model
+            self.model = AutoModelForImageTextToText.from_pretrained(model)
+            self.image_processor = AutoImageProcessor.from_pretrained(model)
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+        else:
+            self.model, self.image_processor, self.tokenizer = model
+            self.model_name = _model_name(self.model)
+        torch_device = "cpu" if device is None or device == -1 else f"cuda:{device}" if isinstance(device, int) else device
+        self.model.to(torch_device).eval()
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -432,16 +495,21 @@ class CaptionAligner(Aligner):
         }
 
     def align(self, images: Sequence[Any], image_ids: Sequence[str] | None = None) -> list[Segments]:
+        import torch
+
         present = [i for i, image in enumerate(images) if image is not None]
         results: list[Segments] = [{"caption": []} for _ in images]
-        if not present:
-            return results
-        outputs = self.pipe(
-            [images[i] for i in present], generate_kwargs=self.generate_kwargs, batch_size=self.batch_size
-        )
-        for i, generated in zip(present, outputs):
-            captions = [normalize_text(out["generated_text"]) for out in generated]
-            results[i]["caption"] = [c for c in captions if c]
+        per_image = self.generate_kwargs.get("num_return_sequences", 1)
+        for start in range(0, len(present), self.batch_size):
+            batch = present[start : start + self.batch_size]
+            pixels = self.image_processor(images=[images[i] for i in batch], return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                pixels = pixels.to(device=self.model.device, dtype=self.model.dtype)
+                generated = self.model.generate(pixel_values=pixels, **self.generate_kwargs)
+            texts = [normalize_text(text) for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+            for position, i in enumerate(batch):
+                captions = texts[position * per_image : (position + 1) * per_image]
+                results[i]["caption"] = [caption for caption in captions if caption]
         return results
 
 
@@ -652,6 +720,105 @@ class Florence2Aligner(Aligner):
         return results
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def context_file_record(path: str | Path, source: str | None = None) -> dict[str, str]:
+    """The record of a precomputed-context file, as configs store it: ``{"name", "sha256", "source"}``.
+
+    Args:
+        path: The file. Its name is the path's last part as given (a Hub cache's file is a symlink to a blob named by
+            its hash), so relative, absolute and symlinked-folder spellings of one file give one record.
+        source: What produced the contexts (e.g. ``"BLIP-2 captions, PGIM release"``); default
+            ``"precomputed file <name>"``, which claims nothing about how they were made.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"precomputed context file not found: {path} (contexts looked up by image id exist only for "
+            "the images of their files; use a real aligner for new images)"
+        )
+    return {"name": path.name, "sha256": file_sha256(path), "source": source or f"precomputed file {path.name}"}
+
+
+def _context_file_records(
+    paths: str | Path | Sequence[str | Path], source: str | Sequence[str] | None
+) -> list[dict[str, str]]:
+    """The records of files given by path, with one source for all, one per file, or the default."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ValueError("give at least one precomputed context file")
+    sources = [source] * len(paths) if source is None or isinstance(source, str) else list(source)
+    if len(sources) != len(paths):
+        raise ValueError(f"got {len(sources)} sources for {len(paths)} precomputed context files; give one, or one per file")
+    return [context_file_record(path, source) for path, source in zip(paths, sources)]
+
+
+def locate_context_file(record: dict[str, str], folders: Sequence[str | Path]) -> Path:
+    """Find a recorded precomputed-context file by its name, only inside ``folders``, and verify its checksum.
+
+    Args:
+        record: ``{"name", "sha256", "source"}`` (see :func:`context_file_record`); the name must be a bare file
+            name, so nothing outside the folders is ever read.
+        folders: Local folders or Hugging Face Hub model ids, searched in order; from a Hub repository the file is
+            fetched into the Hub cache (offline: taken from it).
+
+    Returns:
+        The local path of the first file of that name whose sha256 matches the record.
+
+    Raises:
+        ValueError: The record is malformed, or a file of that name was found but with another checksum.
+        FileNotFoundError: No folder holds a file of that name.
+    """
+    validate_context_file(record)
+    name = record["name"]
+    mismatches = []
+    for folder in folders:
+        candidate = _local_file(str(folder), name)
+        if candidate is None:
+            continue
+        checksum = file_sha256(candidate)
+        if checksum == record["sha256"]:
+            return candidate
+        mismatches.append(f"{candidate} has sha256 {checksum}")
+    if mismatches:
+        raise ValueError(
+            f"precomputed context file {name!r} ({record['source']}) does not match the checksum recorded with the "
+            f"model (sha256 {record['sha256']}): {'; '.join(mismatches)}. It is not the file the model was trained "
+            "with; put that file there, or pass aligners= to use others knowingly"
+        )
+    raise FileNotFoundError(
+        f"precomputed context file {name!r} ({record['source']}, sha256 {record['sha256']}) is not in "
+        f"{[str(folder) for folder in folders] or 'any folder (none given)'}; put it in the checkpoint folder or "
+        "pass the folder that holds it (pipeline argument context_dir=)"
+    )
+
+
+def _local_file(folder: str, name: str) -> Path | None:
+    """The file ``name`` of a local folder, or the Hub cache's copy of it when ``folder`` is a Hub model id, or None."""
+    if os.path.isdir(folder):
+        candidate = Path(os.path.abspath(folder)) / name
+        return candidate if candidate.is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(
+            folder, name, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False
+        )
+    except (OSError, ValueError):  # not a repository id, or no such repository
+        return None
+    return Path(found) if found else None
+
+
 class PrecomputedAligner(Aligner):
     """Contexts computed elsewhere, looked up by image id.
 
@@ -663,49 +830,90 @@ class PrecomputedAligner(Aligner):
       ``ocr``, each a string or a list of strings.
 
     An image id absent from every file yields empty segments, as does an empty caption. Since these
-    contexts exist only for the images of the files, a checkpoint trained on them has no aligner for new
-    images; its spec says ``"precomputed": true`` so that a pipeline can report exactly that.
+    contexts exist only for the images of the files, a checkpoint trained on them needs another aligner for new
+    images (ITAConfig ``live_aligners``); its spec says ``"precomputed": true`` so that a pipeline can tell.
+
+    The spec (:meth:`to_dict`) records each file by name, sha256 and source, never by path::
+
+        {"type": "precomputed", "precomputed": true, "format": "auto",
+         "files": [{"name": "BLIP2_17.txt", "sha256": "...", "source": "BLIP-2 captions, PGIM release"}]}
+
+    and :func:`aligner_from_dict` rebuilds it only from files of those names and checksums found in the folders it is
+    given. A hand-written spec may name the files by ``paths`` (with an optional ``source``), like the constructor.
 
     Args:
         paths: One or more files; later files add pieces after earlier ones.
         format: ``"captions"``, ``"jsonl"`` or ``"auto"`` (``.jsonl``/``.json`` → jsonl, else captions).
+        source: What produced the contexts, one string for all files or one per file (e.g. ``"BLIP-2 captions,
+            PGIM release"``); default ``"precomputed file <name>"``.
     """
 
-    type = "precomputed"
+    type = PRECOMPUTED_TYPE
     segments = SEGMENTS
     precomputed = True
 
-    def __init__(self, paths: str | Path | Sequence[str | Path], format: str = "auto") -> None:
-        if format not in ("auto", "captions", "jsonl"):
-            raise ValueError(f"format must be 'auto', 'captions' or 'jsonl', got {format!r}")
-        self.paths = self.canonical_settings({"paths": paths})["paths"]
+    def __init__(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        format: str = "auto",
+        source: str | Sequence[str] | None = None,
+    ) -> None:
+        if format not in PRECOMPUTED_FORMATS:
+            raise ValueError(f"format must be one of {PRECOMPUTED_FORMATS}, got {format!r}")
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.files = _context_file_records(paths, source)
+        #: The files read, on this machine (never part of the spec).
+        self.paths = [os.path.abspath(path) for path in paths]
         self.format = format
         self.table: dict[str, Segments] = {}
-        for path in self.paths:
-            fmt = format if format != "auto" else ("jsonl" if path.endswith((".jsonl", ".json")) else "captions")
-            self._read_jsonl(path) if fmt == "jsonl" else self._read_captions(path)
+        for path, record in zip(self.paths, self.files):
+            jsonl = format == "jsonl" or (format == "auto" and record["name"].endswith((".jsonl", ".json")))
+            self._read_jsonl(path) if jsonl else self._read_captions(path)
 
     @classmethod
-    def canonical_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
-        # Resolved, so that one file spelled two ways (relative, through a symlink) is one setting when a rerun of
-        # `python -m preprocess` compares its settings with those of the finished work.
-        paths = settings["paths"]
-        paths = [paths] if isinstance(paths, (str, Path)) else paths
-        return {**settings, "paths": [str(Path(p).resolve()) for p in paths]}
+    def normalize_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """``{"files": [records], "format": ...}`` from settings naming the files by ``files`` records or by ``paths``.
+
+        Records are computed from files given by path, so the result holds no path and compares equal however the
+        files were spelled (a rerun of ``python -m preprocess`` compares its settings with those of the finished work).
+        """
+        cls._check_keys(settings)
+        files = settings["files"] if "files" in settings else _context_file_records(settings["paths"], settings.get("source"))
+        spec = {"type": cls.type, "files": files, "format": settings.get("format", "auto")}
+        validate_aligner_spec(spec)
+        return {"files": [dict(record) for record in files], "format": spec["format"]}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], context_dirs: Sequence[str | Path] = ()) -> PrecomputedAligner:
+        """Build from ``paths`` as given, or from ``files`` records found by name in ``context_dirs`` (only there)."""
+        cls._check_keys(settings)
+        if "paths" in settings:
+            return cls(**settings)
+        normalized = cls.normalize_settings(settings)
+        records = normalized["files"]
+        paths = [locate_context_file(record, context_dirs) for record in records]
+        return cls(paths, normalized["format"], [record["source"] for record in records])
+
+    @classmethod
+    def _check_keys(cls, settings: dict[str, Any]) -> None:
+        given = set(settings) - {"format"}
+        if given not in ({"files"}, {"paths"}, {"paths", "source"}):
+            raise ValueError(
+                f"invalid settings for aligner {cls.type!r}: {sorted(settings)}; give 'paths' (files on this machine, "
+                "with an optional 'source') or 'files' (records {'name', 'sha256', 'source'}), and optionally 'format'"
+            )
+
+    def knows(self, image_id: str) -> bool:
+        return image_id_from_name(image_id) in self.table
 
     def settings(self) -> dict[str, Any]:
-        return {"paths": self.paths, "format": self.format}
+        return {"files": [dict(record) for record in self.files], "format": self.format}
 
     def _add(self, image_id: str, segment: str, pieces: list[str]) -> None:
         entry = self.table.setdefault(image_id, {name: [] for name in SEGMENTS})
         entry[segment].extend(p for p in (normalize_text(piece) for piece in pieces) if p)
 
     def _read_captions(self, path: str) -> None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"precomputed context file not found: {path} (contexts looked up by image id exist only for "
-                "the images of their files; use a real aligner for new images)"
-            )
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 line = line.rstrip("\r\n")
@@ -717,8 +925,6 @@ class PrecomputedAligner(Aligner):
                 self._add(image_id_from_name(name.strip()), "caption", [caption])
 
     def _read_jsonl(self, path: str) -> None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"precomputed context file not found: {path}")
         for number, record in iter_jsonl(path, required=("image_id",)):
             image_id = image_id_from_name(str(record["image_id"]))
             for segment in SEGMENTS:
@@ -750,13 +956,16 @@ class VisualContextBuilder:
     segments are joined with ``separator``; the whole context is then capped at ``max_words`` words.
     The model's own encoding additionally caps the context in sub-tokens.
 
+    The defaults are ITAConfig's; a checkpoint records the settings its training contexts were built with
+    (its ``context_*`` fields), and :meth:`from_config` rebuilds that builder.
+
     Args:
         order: Segment names in context order (ITAConfig ``context_order``).
         separator: Text between segments (ITAConfig ``context_separator``).
-        max_words_per_segment: Word cap per segment (``None`` = no cap).
-        max_words: Word cap for the whole context (``None`` = no cap).
+        max_words_per_segment: Word cap per segment (``None`` = no cap; ``context_max_words_per_segment``).
+        max_words: Word cap for the whole context (``None`` = no cap; ``context_max_words``).
         piece_separators: Joiner of pieces inside a segment, by segment name; default ``{"objects": ", "}``
-            and ``" "`` for segments not listed.
+            and ``" "`` for segments not listed (``context_piece_separators``).
     """
 
     def __init__(
@@ -767,13 +976,18 @@ class VisualContextBuilder:
         max_words: int | None = None,
         piece_separators: dict[str, str] | None = None,
     ) -> None:
-        if len(set(order)) != len(order):
-            raise ValueError(f"context order lists a segment twice: {list(order)}")
+        piece_separators = DEFAULT_PIECE_SEPARATORS if piece_separators is None else piece_separators
+        validate_context_builder(order, separator, max_words_per_segment, max_words, piece_separators)
         self.order = list(order)
         self.separator = separator
         self.max_words_per_segment = max_words_per_segment
         self.max_words = max_words
-        self.piece_separators = {"objects": ", "} if piece_separators is None else dict(piece_separators)
+        self.piece_separators = dict(piece_separators)
+
+    @classmethod
+    def from_config(cls, config: Any) -> VisualContextBuilder:
+        """The builder a model's ``ITAConfig`` records (its ``context_*`` fields): the one its training contexts used."""
+        return cls(**{argument: getattr(config, field) for argument, field in CONTEXT_BUILDER_FIELDS.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """The builder's settings, as accepted by the constructor."""

@@ -391,8 +391,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         if image_id is None and isinstance(image, (str, os.PathLike)):
             image_id = image_id_from_name(str(image))
         aligners = self.aligners
-        precomputed = [aligner for aligner in aligners if not aligner.needs_images]
-        if self.live_aligners and (image_id is None or not any(aligner.knows(image_id) for aligner in precomputed)):
+        if self.live_aligners and (
+            image_id is None or not any(aligner.knows(image_id) for aligner in aligners if not aligner.needs_images)
+        ):
+            # No precomputed context for this image: the live aligners stand in for the precomputed ones.
             aligners = [aligner for aligner in aligners if aligner.needs_images] + self.live_aligners
         problems, picture = [], None
         if image is not None and any(aligner.needs_images for aligner in aligners):
@@ -416,6 +418,10 @@ class MultimodalNERPipeline(ChunkPipeline):
             fallback = "tagging it text-only" if not context else "using the context of the other aligners"
             logger.warning(f"{'; '.join(problems)}: {fallback}.")
         return context
+
+    def get_inference_context(self):
+        # No autograd bookkeeping at all (transformers' default is `no_grad`): tensors never leave the pipeline.
+        return torch.inference_mode
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         # With batch_size 1 the inputs come one by one; batched, every field is a list (see `pad_collate_fn`:

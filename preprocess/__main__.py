@@ -1,16 +1,17 @@
-"""``python -m preprocess``: a dataset plus images and/or precomputed contexts → ``DatasetDict`` shards.
+r"""``python -m preprocess``: a dataset plus images and/or precomputed contexts → ``DatasetDict`` shards.
 
 Examples:
-    Twitter-2017 with the released BLIP-2 captions (no images needed)::
+    Twitter-2017 with the released BLIP-2 captions (no images needed), saying what produced them::
 
-        python -m preprocess --data ../shared/data/twitter2017 \\
-            --context ../shared/data/captions/blip2/BLIP2_17.txt --out shards/twitter2017-blip2
+        python -m preprocess --data ../shared/data/twitter2017 \
+            --context ../shared/data/captions/blip2/BLIP2_17.txt --context-source "BLIP-2 captions, PGIM release" \
+            --out shards/twitter2017-blip2
 
     Your own tweets and images with real aligners, in context order::
 
-        python -m preprocess --data my_tweets/ --images my_tweets/images \\
-            --aligner image-to-text:model=Salesforce/blip-image-captioning-base \\
-            --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \\
+        python -m preprocess --data my_tweets/ --images my_tweets/images \
+            --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
+            --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \
             --aligner rapidocr --num-proc 2 --out shards/my_tweets
 """
 
@@ -28,6 +29,7 @@ from alignment_ita import (
     DEFAULT_CONTEXT_ORDER,
     DEFAULT_CONTEXT_SEPARATOR,
     DEFAULT_MAX_PIXELS,
+    PRECOMPUTED_TYPE,
 )
 
 from .readers import DataFormatError
@@ -63,8 +65,25 @@ def parse_aligner(text: str) -> dict[str, Any]:
 
 
 def parse_context(path: str) -> dict[str, Any]:
-    """Turn a ``--context FILE`` value into a precomputed-aligner spec with an absolute path."""
-    return {"type": "precomputed", "paths": [str(Path(path).resolve())]}
+    """Turn a ``--context FILE`` value into a precomputed-aligner spec.
+
+    The path only says where to read the file: the recorded settings (and a model trained on the shards) name the
+    file by name, checksum and source (see ``alignment_ita.PrecomputedAligner``).
+    """
+    return {"type": PRECOMPUTED_TYPE, "paths": [str(Path(path).resolve())]}
+
+
+class ContextSource(argparse.Action):
+    """``--context-source TEXT``: what produced the ``--context`` file given just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None) -> None:
+        specs = getattr(namespace, "aligners", None) or []
+        last = specs[-1] if specs else {}
+        if last.get("type") != PRECOMPUTED_TYPE or "paths" not in last or "source" in last:
+            parser.error(f"{option_string} says what produced the --context FILE given just before it (once per file)")
+        if not value.strip():
+            parser.error(f"{option_string} needs a description, e.g. 'BLIP-2 captions, PGIM release'")
+        last["source"] = value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable, run in the order given")
     parser.add_argument("--context", dest="aligners", action="append", type=parse_context, metavar="FILE",
                         help="precomputed contexts by image id: '<IMGID>.jpg :<caption>' lines or .jsonl; repeatable")
+    parser.add_argument("--context-source", action=ContextSource, metavar="TEXT",
+                        help="what produced the --context file just before it (e.g. 'BLIP-2 captions, PGIM release'), "
+                        "recorded with it and in models trained on the shards; default 'precomputed file <name>'")
     parser.add_argument("--order", nargs="+", default=DEFAULT_CONTEXT_ORDER, help="segment order in the context")
     parser.add_argument("--separator", default=DEFAULT_CONTEXT_SEPARATOR, help="text between segments")
     parser.add_argument("--max-words-per-segment", type=int, help="word cap per segment")

@@ -11,6 +11,7 @@ from datasets import ClassLabel, Features, Sequence, Value
 
 from alignment_ita import (
     DEFAULT_MAX_PIXELS,
+    SEGMENTS,
     Aligner,
     VisualContextBuilder,
     aligner_from_dict,
@@ -49,7 +50,7 @@ def input_features(tags: ClassLabel) -> Features:
 def output_features(tags: ClassLabel) -> Features:
     """Columns of an aligned tweet: the input columns plus segments, context, sources and errors."""
     features = input_features(tags)
-    for segment in ("caption", "objects", "ocr"):
+    for segment in SEGMENTS:
         features[segment] = Sequence(Value("string"))
     features["visual_context"] = Value("string")
     features["context_sources"] = Sequence(Value("string"))
@@ -64,8 +65,8 @@ class BatchAligner:
     produced and the problem is recorded in ``alignment_error`` ("" when there was none).
 
     Args:
-        aligner_specs: Aligner specs (see ``alignment_ita.aligner_from_dict``), run in this order; pieces
-            of the same segment from several aligners are concatenated in this order.
+        aligner_specs: Aligner specs (see ``alignment_ita.aligner_from_dict``; precomputed contexts by ``paths``),
+            run in this order; pieces of the same segment from several aligners are concatenated in this order.
         builder_settings: ``VisualContextBuilder`` keyword arguments.
         images_dir: Folder of the images (``None`` when only precomputed aligners are used).
         max_pixels: Decompression-bomb guard of the image loader.
@@ -119,7 +120,7 @@ class BatchAligner:
                 images[i], error = self._load(name)
                 if error:
                     errors[i].append(error)
-        segments: list[dict[str, list[str]]] = [{"caption": [], "objects": [], "ocr": []} for _ in range(size)]
+        segments: list[dict[str, list[str]]] = [{name: [] for name in SEGMENTS} for _ in range(size)]
         producers: list[dict[str, list[str]]] = [{} for _ in range(size)]
         for aligner in aligners:
             for i, result in enumerate(self._run(aligner, images, batch["image_id"], errors)):
@@ -128,7 +129,7 @@ class BatchAligner:
                         segments[i].setdefault(name, []).extend(pieces)
                         producers[i].setdefault(name, []).append(aligner.type)
         out = dict(batch)
-        for name in ("caption", "objects", "ocr"):
+        for name in SEGMENTS:
             out[name] = [s[name] for s in segments]
         contexts = [builder.build(s) for s in segments]
         out["visual_context"] = [text for text, _ in contexts]

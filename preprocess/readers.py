@@ -1,8 +1,8 @@
-"""Readers for MNER datasets: the UMT CoNLL/IMGID format and a JSONL form, with BIO label checking.
+r"""Readers for MNER datasets: the UMT CoNLL/IMGID format and a JSONL form, with BIO label checking.
 
 UMT format (Twitter-2015/2017): a line ``IMGID:<id>``, then ``token<TAB>tag`` lines, a blank line
 between tweets. SPEC §6 traps handled here: files that do not end with a blank line (the last tweet is
-still closed), invisible Unicode tokens (lines are split on ``\\n`` and ``\\t`` only, never on other
+still closed), invisible Unicode tokens (lines are split on ``\n`` and ``\t`` only, never on other
 whitespace, so U+00A0, U+200B, U+0085 ... survive verbatim), and spans that start with ``I-`` (kept as
 they are; evaluation decides how to read them).
 

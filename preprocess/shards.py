@@ -11,7 +11,6 @@ refused instead of silently mixing chunks made two ways.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,7 +20,14 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
-from alignment_ita import DEFAULT_MAX_PIXELS, VisualContextBuilder, image_id_from_name, normalize_spec
+from alignment_ita import (
+    DEFAULT_MAX_PIXELS,
+    PRECOMPUTED_TYPE,
+    VisualContextBuilder,
+    file_sha256,
+    image_id_from_name,
+    normalize_spec,
+)
 
 from .align import BatchAligner, input_features, output_features
 from .readers import build_tag_feature, find_split_files, read_file
@@ -29,10 +35,6 @@ from .readers import build_tag_feature, find_split_files, read_file
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "preprocess_settings.json"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_settings(folder: Path, settings: dict[str, Any]) -> None:
@@ -68,7 +70,8 @@ def preprocess(
         data: A folder with ``train/valid/test`` files, or files, or ``split=path`` pairs (see
             ``readers.find_split_files``).
         out: Output folder for ``DatasetDict.save_to_disk``; ``<out>.partial`` holds unfinished work.
-        aligners: Aligner specs (``alignment_ita`` ``to_dict`` form), in order.
+        aligners: Aligner specs (``alignment_ita`` ``to_dict`` form), in order; precomputed contexts are given by
+            ``paths`` (and an optional ``source``) and recorded by file name, checksum and source.
         images_dir: Folder of the images; required when an aligner reads pixels.
         builder_settings: ``VisualContextBuilder`` keyword arguments (order, separator, caps).
         entity_types: Entity types in label order; ``None`` = every type found, sorted.
@@ -86,15 +89,19 @@ def preprocess(
     """
     out = Path(out)
     work = out.with_name(out.name + ".partial")
-    # Normalised (defaults filled in) so that equal settings compare equal however they were given.
+    # Normalised (defaults filled in, precomputed files recorded by name and checksum instead of path) so that equal
+    # settings compare equal however they were given; the aligners themselves are built from the specs as given.
     builder_settings = VisualContextBuilder(**(builder_settings or {})).to_dict()
+    unlocated = [spec for spec in aligners if spec.get("type") == PRECOMPUTED_TYPE and "paths" not in spec]
+    if unlocated:
+        raise ValueError(f"precomputed contexts {unlocated} name no files here: give their paths (--context FILE)")
     specs = [normalize_spec(spec) for spec in aligners]
     image_aligners = [s["type"] for s in specs if not s.get("precomputed")]
     if image_aligners and images_dir is None:
         raise ValueError(f"aligners {image_aligners} read images: pass the images folder (--images)")
     files = find_split_files(data)
     settings = {
-        "data": {split: {"path": str(path.resolve()), "sha256": _sha256(path)} for split, path in files.items()},
+        "data": {split: {"path": str(path.resolve()), "sha256": file_sha256(path)} for split, path in files.items()},
         "aligners": specs,
         "builder": builder_settings,
         "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
@@ -125,7 +132,7 @@ def preprocess(
 
     examples = {split: read_file(path) for split, path in files.items()}
     tags = build_tag_feature(examples, files, entity_types)
-    function = BatchAligner(specs, builder_settings, settings["images_dir"], max_pixels)
+    function = BatchAligner(list(aligners), builder_settings, settings["images_dir"], max_pixels)
     splits: dict[str, Dataset] = {}
     for split, split_examples in examples.items():
         chunks = []

@@ -1,5 +1,6 @@
 """Aligners, image loading and the visual-context builder of alignment_ita, on real engines and real images."""
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import noise_image, save_tiny_captioner
 from PIL import Image, ImageDraw, ImageFont
 
 import alignment_ita
@@ -23,6 +25,7 @@ from alignment_ita import (
     load_image,
     spec_is_precomputed,
 )
+from configuration_ita import ITAConfig
 
 
 def render_text(text: str, size: tuple[int, int] = (640, 160), font_size: int = 48) -> Image.Image:
@@ -43,9 +46,6 @@ def tesseract() -> TesseractAligner:
         return TesseractAligner()
     except RuntimeError as err:
         pytest.skip(str(err))
-
-
-# --- remote-code safety ----------------------------------------------------------------------------
 
 
 # --- visual-context builder ------------------------------------------------------------------------
@@ -71,6 +71,21 @@ def test_builder_caps_words_and_skips_empty_segments():
     assert VisualContextBuilder().build({}) == ("", [])
     with pytest.raises(ValueError, match="twice"):
         VisualContextBuilder(order=["ocr", "ocr"])
+
+
+def test_builder_from_config_is_the_training_builder_and_its_settings_are_checked():
+    config = ITAConfig(context_order=["ocr", "caption"], context_separator=" ; ", context_max_words_per_segment=2,
+                       context_max_words=3, context_piece_separators={"ocr": " / "})
+    builder = VisualContextBuilder.from_config(config)
+    assert builder.to_dict() == {"order": ["ocr", "caption"], "separator": " ; ", "max_words_per_segment": 2,
+                                 "max_words": 3, "piece_separators": {"ocr": " / "}}
+    # "SALE / NOW ON" → 2 words per segment → "SALE /"; 3 words in all leave the caption one: "a".
+    assert builder.build({"ocr": ["SALE", "NOW ON"], "caption": "a man running"}) == ("SALE / ; a", ["ocr", "caption"])
+    assert VisualContextBuilder.from_config(ITAConfig()).to_dict() == VisualContextBuilder().to_dict()
+    for settings, message in [({"max_words": -1}, "max_words"), ({"max_words_per_segment": True}, "max_words_per_segment"),
+                              ({"piece_separators": {"objects": 1}}, "piece separators"), ({"order": "caption"}, "list")]:
+        with pytest.raises(ValueError, match=message):
+            VisualContextBuilder(**settings)
 
 
 # --- precomputed contexts --------------------------------------------------------------------------
@@ -103,16 +118,25 @@ def test_jsonl_contexts_and_format_errors(tmp_path):
         PrecomputedAligner(captions)
 
 
-def test_precomputed_spec_round_trips_and_says_it_is_precomputed(tmp_path):
+def test_precomputed_spec_records_name_checksum_and_source_and_round_trips(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("5.jpg :a cat\n", encoding="utf-8")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = PrecomputedAligner(path).to_dict()
-    assert spec == {"type": "precomputed", "precomputed": True, "paths": [str(path)], "format": "auto"}
+    assert spec == {"type": "precomputed", "precomputed": True, "format": "auto",
+                    "files": [{"name": "c.txt", "sha256": digest, "source": "precomputed file c.txt"}]}
+    stated = PrecomputedAligner(str(path), source="BLIP-2 captions, PGIM release").to_dict()
+    assert stated["files"][0]["source"] == "BLIP-2 captions, PGIM release"
     assert spec_is_precomputed(spec) and not spec_is_precomputed({"type": "rapidocr"})
-    assert aligner_from_dict(json.loads(json.dumps(spec))).to_dict() == spec
+    # A spec names no path: it is rebuilt only from a folder that holds a file of that name and checksum.
+    rebuilt = aligner_from_dict(json.loads(json.dumps(spec)), context_dirs=[tmp_path])
+    assert rebuilt.to_dict() == spec and rebuilt("5.jpg", image_id="5") == {"caption": ["a cat"], "objects": [], "ocr": []}
+    assert rebuilt.knows("5.jpg") and not rebuilt.knows("6")
+    with pytest.raises(FileNotFoundError, match="'c.txt'.* is not in any folder"):
+        aligner_from_dict(spec)
     path.unlink()
     with pytest.raises(FileNotFoundError, match="looked up by image id"):
-        aligner_from_dict(spec)
+        PrecomputedAligner(path)
     with pytest.raises(ValueError, match="unknown aligner type 'nope'"):
         aligner_from_dict({"type": "nope"})
     with pytest.raises(ValueError, match="invalid settings for aligner 'rapidocr'"):
@@ -223,10 +247,6 @@ def tiny_detector(tmp_path_factory) -> Path:
     return folder
 
 
-def noise_image(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (60, 80, 3), dtype=np.uint8))
-
-
 def test_object_tag_rules_threshold_order_dedup_top_k():
     aligner = ObjectTagAligner.__new__(ObjectTagAligner)
     aligner.threshold, aligner.top_k, aligner.deduplicate = 0.3, 3, True
@@ -272,36 +292,10 @@ def test_object_tags_through_the_object_detection_pipeline(tiny_detector):
 @pytest.fixture(scope="module")
 def tiny_captioner(tmp_path_factory, minilm_dir) -> Path:
     """A tiny random ViT→GPT-2 captioner with the offline MiniLM tokenizer, saved as a folder."""
-    from transformers import (
-        AutoTokenizer,
-        GPT2Config,
-        VisionEncoderDecoderConfig,
-        VisionEncoderDecoderModel,
-        ViTConfig,
-        ViTImageProcessor,
-    )
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    encoder = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                        image_size=32, patch_size=16)
-    decoder = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=tokenizer.vocab_size, n_positions=64,
-                         add_cross_attention=True, is_decoder=True)
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    config.decoder_start_token_id = tokenizer.cls_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.sep_token_id
-    model = VisionEncoderDecoderModel(config).eval()
-    model.generation_config.decoder_start_token_id = tokenizer.cls_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    folder = tmp_path_factory.mktemp("captioner")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_captioner(tmp_path_factory.mktemp("captioner"), minilm_dir)
 
 
-def test_captions_through_the_image_to_text_pipeline(tiny_captioner):
+def test_captions_from_a_captioner_folder_equal_its_own_generation(tiny_captioner):
     from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessor
 
     settings = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
@@ -377,6 +371,9 @@ def tiny_florence2(tmp_path_factory) -> Path:
         norm.weight.zero_()
         norm.bias.copy_(direction)
         model.get_input_embeddings().weight[dog] = direction * 5
+    # Set on the generation config itself: transformers 5 no longer copies BART's forced tokens from the model config.
+    model.generation_config.forced_bos_token_id = 0
+    model.generation_config.forced_eos_token_id = 2
     folder = tmp_path_factory.mktemp("florence2")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -417,5 +414,26 @@ def test_precomputed_paths_compare_equal_however_they_are_spelled(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     spellings = [str(captions), str(tmp_path / "link" / "captions.txt"), "real/captions.txt", captions]
     specs = [alignment_ita.normalize_spec({"type": "precomputed", "paths": [p]}) for p in spellings]
-    assert all(spec == specs[0] for spec in specs) and specs[0]["paths"] == [str(captions.resolve())]
+    assert all(spec == specs[0] for spec in specs)
+    assert specs[0]["files"] == [{"name": "captions.txt", "sha256": hashlib.sha256(b"1.jpg :a dog\n").hexdigest(),
+                                  "source": "precomputed file captions.txt"}]
     assert PrecomputedAligner("link/captions.txt").to_dict() == specs[0]
+    # The same bytes changed are another setting.
+    captions.write_text("1.jpg :a cat\n")
+    assert alignment_ita.normalize_spec({"type": "precomputed", "paths": [captions]}) != specs[0]
+
+
+def test_spec_settings_are_checked_strictly(tmp_path):
+    (tmp_path / "c.txt").write_text("1.jpg :a dog\n")
+    for bad, message in [
+        ({"type": "precomputed", "path": str(tmp_path / "c.txt")}, r"invalid settings for aligner 'precomputed': \['path'\]"),
+        ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "colour": "red"}, "invalid settings"),
+        ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "format": "csv"}, "format"),
+        ({"type": "precomputed", "files": [{"name": "c.txt"}]}, "is recorded as"),
+        ({"type": "rapidocr", "min_scor": 0.5}, "invalid settings for aligner 'rapidocr'"),
+        ({"type": "nope"}, "unknown aligner type 'nope'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            alignment_ita.normalize_spec(bad)
+        with pytest.raises(ValueError, match=message):
+            aligner_from_dict(bad, context_dirs=[tmp_path])

@@ -58,7 +58,8 @@ def test_save_load_round_trip_is_unchanged(tmp_path, kind):
     config = ITAConfig(
         encoder_config=encoder, labels=T15_LABELS, cva_temperature=4.0, cva_weight=0.3, cva_kl_on="emission_softmax",
         word_dropout=0.2, crf_bio_constraints=False, context_order=["ocr", "caption"], context_separator=" ; ",
-        max_context_tokens=32, aligners=[{"type": "precomputed", "path": "BLIP2_15.txt"}],
+        max_context_tokens=32, context_max_words=20, context_piece_separators={"objects": " ; "},
+        aligners=[{"type": "precomputed", "files": [{"name": "BLIP2_15.txt", "sha256": "0" * 64, "source": "BLIP-2"}]}],
     )
     assert (config.hidden_size, config.vocab_size, config.max_position_embeddings) == (32, 99, 128)
     config.save_pretrained(tmp_path)

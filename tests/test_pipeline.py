@@ -255,7 +255,7 @@ def test_unreadable_images_warn_once_and_tag_text_only(minilm_tokenizer, tmp_pat
 
 
 def test_precomputed_contexts_unavailable_say_so_once_and_run_text_only(minilm_tokenizer, tmp_path, caplog, picture):
-    spec = {"type": "precomputed", "paths": [str(tmp_path / "BLIP2_15.txt")], "format": "auto"}
+    spec = {"type": "precomputed", "files": [{"name": "BLIP2_15.txt", "sha256": "0" * 64, "source": "BLIP-2"}]}
     model = tiny_model(minilm_tokenizer, seed=0, aligners=[spec])
     with caplog.at_level(logging.WARNING):
         ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)

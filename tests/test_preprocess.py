@@ -1,6 +1,8 @@
 """Readers, the preprocess CLI and the Arrow shards it writes: full Twitter-2015/2017, odd images, kill and resume."""
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import pytest
 from datasets import load_from_disk
 
 from preprocess import DataFormatError, preprocess, read_jsonl, read_umt
+from preprocess.__main__ import build_parser, main
 from preprocess.readers import build_tag_feature, find_split_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +159,61 @@ def test_finished_run_is_reused_and_other_settings_are_refused(blip2_shards, sha
     assert (out / "train" / "data-00000-of-00001.arrow").stat().st_mtime_ns == before
     result = run_cli("--data", str(shared_data / name), "--context", context, "--separator", " ; ", "--out", str(out))
     assert result.returncode == 2 and "different settings (changed: builder)" in result.stderr
+
+
+# --- precomputed context files: recorded by name, checksum and source ------------------------------
+
+
+def test_context_files_are_recorded_without_paths_and_reruns_match_any_spelling(tmp_path, monkeypatch, caplog, capsys):
+    data = write_umt(tmp_path / "train.txt", [("1", ["Obama", "speaks"], ["B-PER", "O"]), ("2", ["Paris"], ["B-LOC"])])
+    captions = tmp_path / "real" / "BLIP2_tiny.txt"
+    captions.parent.mkdir()
+    captions.write_text("1.jpg :a man in a dark suit\n2.jpg :the eiffel tower at night\n", encoding="utf-8")
+    (tmp_path / "link").symlink_to(captions.parent)
+    out = tmp_path / "shards"
+    source = "BLIP-2 captions, PGIM release"
+    assert main(["--data", str(data), "--context", str(captions), "--context-source", source, "--max-words", "3",
+                 "--out", str(out)]) == 0
+    settings = json.loads((out / "preprocess_settings.json").read_text())
+    record = {"name": "BLIP2_tiny.txt", "sha256": hashlib.sha256(captions.read_bytes()).hexdigest(), "source": source}
+    assert settings["aligners"] == [{"type": "precomputed", "precomputed": True, "files": [record], "format": "auto"}]
+    assert settings["builder"]["max_words"] == 3
+    assert load_from_disk(str(out))["train"]["visual_context"] == ["a man in", "the eiffel tower"]
+
+    # The same file through a symlinked folder and a relative path is the same setting: the finished work is reused.
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO):
+        assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--context-source", source,
+                     "--max-words", "3", "--out", "shards"]) == 0
+    assert "already complete" in caplog.text
+    # Another source, or other bytes under the same name, are other settings.
+    capsys.readouterr()
+    assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--max-words", "3", "--out", "shards"]) == 2
+    assert "different settings (changed: aligners)" in capsys.readouterr().err
+    captions.write_text("1.jpg :a woman\n2.jpg :the eiffel tower at night\n", encoding="utf-8")
+    assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--context-source", source,
+                 "--max-words", "3", "--out", "shards"]) == 2
+    assert "different settings (changed: aligners)" in capsys.readouterr().err
+
+
+def test_context_source_option_and_its_honest_default(tmp_path):
+    captions = tmp_path / "caps.txt"
+    captions.write_text("1.jpg :a dog\n", encoding="utf-8")
+    common = ["--data", "d", "--out", "o"]
+    args = build_parser().parse_args([*common, "--context", str(captions), "--context", str(captions),
+                                      "--context-source", "GIT captions"])
+    assert [spec.get("source") for spec in args.aligners] == [None, "GIT captions"]
+    for bad in (["--context-source", "x"], ["--aligner", "rapidocr", "--context-source", "x"],
+                ["--context", str(captions), "--context-source", "x", "--context-source", "y"],
+                ["--context", str(captions), "--context-source", " "]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*common, *bad])
+    data = write_umt(tmp_path / "train.txt", [("1", ["Rex"], ["B-PER"])])
+    preprocess(data=[data], out=tmp_path / "out", aligners=[{"type": "precomputed", "paths": [str(captions)]}])
+    settings = json.loads((tmp_path / "out" / "preprocess_settings.json").read_text())
+    assert settings["aligners"][0]["files"][0]["source"] == "precomputed file caps.txt"
+    with pytest.raises(ValueError, match="name no files here: give their paths"):
+        preprocess(data=[data], out=tmp_path / "again", aligners=[settings["aligners"][0]])
 
 
 # --- real aligners on odd images --------------------------------------------------------------------

@@ -59,7 +59,8 @@ def shards(tmp_path_factory) -> Path:
     DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(str(folder))
     settings = {
         "aligners": [
-            {"type": "precomputed", "precomputed": True, "paths": ["/data/BLIP2_17.txt"], "format": "auto"},
+            {"type": "precomputed", "precomputed": True, "format": "auto",
+             "files": [{"name": "BLIP2_17.txt", "sha256": "0" * 64, "source": "BLIP-2 captions, PGIM release"}]},
             {"type": "rapidocr", "precomputed": False, "min_score": 0.5, "min_chars": 2, "threads": None},
         ],
         "builder": {"order": ["caption", "objects", "ocr"], "separator": " | ", "max_words_per_segment": None,

@@ -1,0 +1,92 @@
+"""Builders shared by test files: tiny random models saved as folders, noise images and an offline Hub cache."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# A fixed commit id for repositories put into a test Hub cache.
+CACHE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def noise_image(seed: int, size: tuple[int, int] = (80, 60)) -> Image.Image:
+    """A random RGB image: different seeds give different pixels, so a captioner's answers differ."""
+    width, height = size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def save_tiny_captioner(folder: Path, tokenizer_dir: Path) -> Path:
+    """Saves a tiny random ViT→GPT-2 captioner with the tokenizer of `tokenizer_dir` and its image processor.
+
+    The folder loads like a Hub captioner (`AutoModelForImageTextToText`, `AutoImageProcessor`, `AutoTokenizer`).
+    Its output embeddings of word pieces (`##...`) and unused tokens are zero, so it writes whole words.
+    """
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    encoder = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        image_size=32, patch_size=16)
+    decoder = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=tokenizer.vocab_size, n_positions=64,
+                         add_cross_attention=True, is_decoder=True, bos_token_id=tokenizer.cls_token_id,
+                         eos_token_id=tokenizer.sep_token_id)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = tokenizer.cls_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.sep_token_id
+    model = VisionEncoderDecoderModel(config).eval()
+    pieces = [index for token, index in tokenizer.vocab.items() if token.startswith(("##", "[unused"))]
+    with torch.no_grad():
+        # Tied to the input embeddings: these tokens score 0 while the best of ~20k whole words scores above it.
+        model.decoder.get_output_embeddings().weight[pieces] = 0.0
+    model.generation_config.decoder_start_token_id = tokenizer.cls_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def add_to_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """Puts the files of `folder` into the Hub cache `cache` as model repository `repo_id` (at `CACHE_COMMIT`).
+
+    With `HF_HUB_CACHE=cache` and `HF_HUB_OFFLINE=1`, `from_pretrained(repo_id)` then loads it as a downloaded Hub
+    model, so a config can name it by its Hub id, as a published checkpoint would.
+
+    Returns:
+        The snapshot folder.
+    """
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / CACHE_COMMIT
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(CACHE_COMMIT)
+    return snapshot
+
+
+def tiny_ita_model(tokenizer, seed: int = 0, labels: list[str] | None = None, **config_kwargs):
+    """A one-layer random ITA model on `tokenizer`'s vocabulary, its CRF scores random so decoding is not trivial."""
+    from transformers import BertConfig
+
+    from configuration_ita import ITAConfig
+    from modeling_ita import ITAForTokenClassification
+
+    torch.manual_seed(seed)
+    encoder = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=512)
+    config = ITAConfig(encoder_config=encoder, labels=labels or ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], **config_kwargs)
+    model = ITAForTokenClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(100.0)
+        for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
+            parameter.normal_()
+    return model
