@@ -63,8 +63,8 @@ class MultimodalNERPipeline(ChunkPipeline):
 
     The image is turned into a visual context by the aligners the checkpoint was trained with (object tags,
     captions, OCR; recorded in `config.aligners`), or by the `aligners` you pass; the encoder reads the tweet
-    followed by that context, and a CRF tags the tweet's words (SPEC §2). Without an image, or when the image
-    cannot be read, the tweet is tagged alone, which a cross-view-aligned checkpoint is trained for (SPEC §3).
+    followed by that context, and a CRF tags the tweet's words (docs/method.md §2). Without an image, or when the image
+    cannot be read, the tweet is tagged alone, which a cross-view-aligned checkpoint is trained for (docs/method.md §3).
 
     Example:
 
@@ -107,6 +107,10 @@ class MultimodalNERPipeline(ChunkPipeline):
             `config.aligners`), searched before the checkpoint's own folder. These files are looked up nowhere else,
             and one whose checksum differs is not used (a warning names it). For an image they hold no context for,
             the checkpoint's `config.live_aligners` (e.g. a captioner) compute it from the pixels.
+        pre_tokenizer (*optional*):
+            What splits a raw string into words: anything with `pre_tokenize_str(text) -> [(word, (start, end))]`,
+            e.g. `tokenizers.pre_tokenizers.WhitespaceSplit()` to keep the words of space-joined data as they are
+            (as `evaluate`'s token-classification evaluator needs). Defaults to the tweet-aware `TweetPreTokenizer`.
         **kwargs: the usual `Pipeline` arguments (`model`, `tokenizer`, `device`, `batch_size`, ...) and any
             call argument of `__call__` as a default.
     """
@@ -121,16 +125,19 @@ class MultimodalNERPipeline(ChunkPipeline):
         *args,
         aligners: Union[None, Aligner, dict, list] = None,
         context_dir: Optional[Union[str, os.PathLike]] = None,
+        pre_tokenizer: Any = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if pre_tokenizer is not None and not callable(getattr(pre_tokenizer, "pre_tokenize_str", None)):
+            raise TypeError(f"`pre_tokenizer` needs a `pre_tokenize_str(text)` method, got {type(pre_tokenizer).__name__}.")
         if self.tokenizer is None or not self.tokenizer.is_fast:
             raise ValueError(
                 "The multimodal-ner pipeline needs the encoder's fast tokenizer (word ids locate each word's first "
                 "sub-token): save it into the checkpoint or pass tokenizer=AutoTokenizer.from_pretrained(..., use_fast=True)."
             )
         config = self.model.config
-        self.pre_tokenizer = TweetPreTokenizer()
+        self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else TweetPreTokenizer()
         self.context_builder = VisualContextBuilder.from_config(config)
         self.aligners, self.live_aligners = self._build_aligners(aligners, context_dir)
         self.max_length = self._encoder_limit()

@@ -1,17 +1,22 @@
-"""Entity-level metrics: hand-computed cases and an independent conlleval re-implementation on real tags."""
+"""The `ita_seqeval` evaluate module: hand-computed cases and a conlleval re-implementation on real tags."""
 
 import random
 
 import pytest
 
-from ita_training.metrics import ner_metrics
+from ita_training.metrics import load_ner_metric
 from preprocess.readers import read_umt
 
 
-def test_i_after_o_starts_an_entity_in_default_mode_and_nothing_in_strict_mode():
+@pytest.fixture(scope="module")
+def metric():
+    return load_ner_metric()
+
+
+def test_i_after_o_starts_an_entity_in_default_mode_and_nothing_in_strict_mode(metric):
     gold = [["O", "I-MISC", "O", "B-PER"]]
     predicted = [["O", "B-MISC", "O", "B-PER"]]
-    metrics = ner_metrics(gold, predicted)
+    metrics = metric.compute(predictions=predicted, references=gold)
     # conlleval: the gold I-MISC after O is an entity at (1, 1), the same span as the predicted B-MISC.
     assert (metrics["precision"], metrics["recall"], metrics["f1"], metrics["number"]) == (1.0, 1.0, 1.0, 2)
     # strict IOB2: the gold I-MISC starts nothing, so the gold has only PER; the prediction has MISC and PER.
@@ -20,10 +25,10 @@ def test_i_after_o_starts_an_entity_in_default_mode_and_nothing_in_strict_mode()
     assert metrics["strict_f1"] == pytest.approx(2 / 3)
 
 
-def test_partial_span_and_wrong_start_count_as_errors_per_type():
+def test_partial_span_and_wrong_start_count_as_errors_per_type(metric):
     gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "I-ORG"]]
     predicted = [["B-PER", "O", "O", "B-LOC"], ["O", "I-ORG"]]
-    metrics = ner_metrics(gold, predicted)
+    metrics = metric.compute(predictions=predicted, references=gold)
     # Gold: PER(0-1), LOC(3), ORG(0-1). Predicted: PER(0), LOC(3), ORG(1). Only LOC matches.
     assert metrics["precision"] == pytest.approx(1 / 3)
     assert metrics["recall"] == pytest.approx(1 / 3)
@@ -32,19 +37,22 @@ def test_partial_span_and_wrong_start_count_as_errors_per_type():
     assert (metrics["LOC_number"], metrics["PER_number"], metrics["ORG_number"]) == (1, 1, 1)
 
 
-def test_empty_predictions_score_zero_not_nan():
-    metrics = ner_metrics([["B-PER", "I-PER", "O"], ["O", "B-LOC"]], [["O", "O", "O"], ["O", "O"]])
+def test_empty_predictions_score_zero_not_nan(metric):
+    metrics = metric.compute(
+        predictions=[["O", "O", "O"], ["O", "O"]], references=[["B-PER", "I-PER", "O"], ["O", "B-LOC"]]
+    )
     assert (metrics["precision"], metrics["recall"], metrics["f1"], metrics["strict_f1"]) == (0.0, 0.0, 0.0, 0.0)
     assert metrics["number"] == 2
-    nothing = ner_metrics([["O", "O"]], [["O", "O"]])
+    nothing = metric.compute(predictions=[["O", "O"]], references=[["O", "O"]])
     assert (nothing["precision"], nothing["recall"], nothing["f1"], nothing["number"]) == (0.0, 0.0, 0.0, 0)
 
 
-def test_mismatched_lengths_are_an_error():
+def test_mismatched_lengths_are_an_error(metric):
     with pytest.raises(ValueError, match="Sentence 0 has 2 gold tags but 1 predicted"):
-        ner_metrics([["O", "B-PER"]], [["O"]])
-    with pytest.raises(ValueError, match="1 gold sentences but 2 predicted"):
-        ner_metrics([["O"]], [["O"], ["O"]])
+        metric.compute(predictions=[["O"]], references=[["O", "B-PER"]])
+    # evaluate's own check, before the metric runs.
+    with pytest.raises(ValueError, match=r"number of predictions \(2\) and references \(1\)"):
+        metric.compute(predictions=[["O"], ["O"]], references=[["O"]])
 
 
 def conlleval_chunks(tags: list[str]) -> set[tuple[str, int, int]]:
@@ -61,22 +69,24 @@ def conlleval_chunks(tags: list[str]) -> set[tuple[str, int, int]]:
     return chunks
 
 
-def test_matches_a_conlleval_reimplementation_on_real_twitter2015_tags(shared_data):
+def test_matches_a_conlleval_reimplementation_on_real_twitter2015_tags(metric, shared_data):
     """Twitter-2015 dev has spans that start with I-; random corruptions exercise every chunk rule."""
     gold = [tweet.tags for tweet in read_umt(shared_data / "twitter2015" / "valid.txt")]
     assert len(gold) == 1000
     types = sorted({tag[2:] for tags in gold for tag in tags if tag != "O"})
     rng = random.Random(0)
     predicted = [
-        [rng.choice(["O", f"B-{rng.choice(types)}", f"I-{rng.choice(types)}"]) if rng.random() < 0.15 else tag
-         for tag in tags]
+        [
+            rng.choice(["O", f"B-{rng.choice(types)}", f"I-{rng.choice(types)}"]) if rng.random() < 0.15 else tag
+            for tag in tags
+        ]
         for tags in gold
     ]
     true_chunks = {(s, *c) for s, tags in enumerate(gold) for c in conlleval_chunks(tags)}
     predicted_chunks = {(s, *c) for s, tags in enumerate(predicted) for c in conlleval_chunks(tags)}
     correct = len(true_chunks & predicted_chunks)
     precision, recall = correct / len(predicted_chunks), correct / len(true_chunks)
-    metrics = ner_metrics(gold, predicted)
+    metrics = metric.compute(predictions=predicted, references=gold)
     assert metrics["number"] == len(true_chunks) and 0.3 < recall < 0.95
     assert metrics["precision"] == pytest.approx(precision)
     assert metrics["recall"] == pytest.approx(recall)
