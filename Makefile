@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 PY_LATEST := $(VENV_LATEST)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test test-pinned test-latest demo clean
+.PHONY: install system-deps test test-pinned test-latest test-fast lint format demo clean
 
 # $(1): venv folder, $(2): constraints file, $(3): extras.
 define make_venv
@@ -47,12 +47,26 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "Missing system packages:$$missing (install them with your package manager)"; fi; fi
 
-# Both stacks run even when the first fails, so one `make test` reports on both.
+# Lint first (seconds), then both stacks; each part runs even when an earlier one fails, so one `make test`
+# reports on everything.
 test: install
 	@status=0; \
+	$(MAKE) --no-print-directory lint || status=1; \
 	$(MAKE) --no-print-directory test-pinned || status=1; \
 	$(MAKE) --no-print-directory test-latest || status=1; \
 	exit $$status
+
+# Everyday work: the pinned stack without the slow tests (the demo end to end, real training, the wheel install).
+test-fast: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test-pinned: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Image → text alignments for ITA: object tags, captions, OCR and precomputed contexts.
 
-ITA turns an image into text ("visual context") that a text encoder reads next to the tweet (SPEC §1):
+ITA turns an image into text ("visual context") that a text encoder reads next to the tweet (docs/method.md §1):
 object tags (local alignment), captions (global alignment) and OCR (optical character alignment).
 Every aligner here maps a batch of images to a list of *segments* per image, a dict from a segment name
 (``"caption"``, ``"objects"``, ``"ocr"``) to a list of text pieces, and :class:`VisualContextBuilder`
@@ -56,7 +56,7 @@ except ImportError:
         validate_context_file,
     )
 
-#: Segment names, in the default order of the visual context (SPEC §1: caption, object tags, OCR).
+#: Segment names, in the default order of the visual context (docs/method.md §1: caption, object tags, OCR).
 SEGMENTS: tuple[str, ...] = tuple(DEFAULT_CONTEXT_ORDER)
 #: Images larger than this are refused before decoding (decompression-bomb guard); 64 MP ≈ 8000×8000.
 DEFAULT_MAX_PIXELS: int = 64_000_000
@@ -79,8 +79,10 @@ def optional_import(module: str, extra: str = "ocr") -> Any:
         return importlib.import_module(module)
     except ImportError as err:
         package = module.split(".")[0]
-        raise ImportError(f"{package} is not installed; this aligner needs it: pip install 'ita-mner[{extra}]' "
-                          f"(or pip install {'pillow' if package == 'PIL' else package}).") from err
+        raise ImportError(
+            f"{package} is not installed; this aligner needs it: pip install 'ita-mner[{extra}]' "
+            f"(or pip install {'pillow' if package == 'PIL' else package})."
+        ) from err
 
 
 def normalize_text(text: str) -> str:
@@ -120,7 +122,9 @@ def iter_jsonl(
                 raise error(f"{path}:{number}: invalid JSON: {err}") from err
             missing = [key for key in required if not isinstance(record, dict) or key not in record]
             if missing or not isinstance(record, dict):
-                raise error(f"{path}:{number}: each line must be a JSON object with the keys {list(required)}; missing {missing}")
+                raise error(
+                    f"{path}:{number}: each line must be a JSON object with the keys {list(required)}; missing {missing}"
+                )
             yield number, record
 
 
@@ -354,7 +358,7 @@ def _device_arg(device: str | int | None) -> Any:
 
 
 class ObjectTagAligner(Aligner):
-    """Object tags (SPEC §1 local alignment) from any transformers ``object-detection`` model.
+    """Object tags (docs/method.md §1 local alignment) from any transformers ``object-detection`` model.
 
     Each detected region gives one label phrase (e.g. ``"dog"``, or ``"black shirt"`` for models whose
     labels carry attributes). Detections below ``threshold`` are dropped, the rest are sorted by score
@@ -444,7 +448,7 @@ class ObjectTagAligner(Aligner):
 
 
 class CaptionAligner(Aligner):
-    """Captions (SPEC §1 global alignment) from any transformers image captioner (BLIP, GIT, ViT-GPT2 ...).
+    """Captions (docs/method.md §1 global alignment) from any transformers image captioner (BLIP, GIT, ViT-GPT2 ...).
 
     The model is run directly (image processor → ``generate`` → tokenizer decoding, as transformers 4's
     ``image-to-text`` pipeline does), because transformers 5 replaced that pipeline with ``image-text-to-text``,
@@ -483,7 +487,9 @@ class CaptionAligner(Aligner):
         else:
             self.model, self.image_processor, self.tokenizer = model
             self.model_name = _model_name(self.model)
-        torch_device = "cpu" if device is None or device == -1 else f"cuda:{device}" if isinstance(device, int) else device
+        torch_device = (
+            "cpu" if device is None or device == -1 else f"cuda:{device}" if isinstance(device, int) else device
+        )
         self.model.to(torch_device).eval()
 
     def settings(self) -> dict[str, Any]:
@@ -523,7 +529,7 @@ def keep_ocr_text(text: str, min_chars: int) -> bool:
 
 
 class RapidOCRAligner(Aligner):
-    """OCR (SPEC §1 optical character alignment) with RapidOCR; its ONNX models ship in the wheel.
+    """OCR (docs/method.md §1 optical character alignment) with RapidOCR; its ONNX models ship in the wheel.
 
     Args:
         min_score: Minimum recognition confidence of a text line.
@@ -568,7 +574,7 @@ class RapidOCRAligner(Aligner):
 
 
 class TesseractAligner(Aligner):
-    """OCR with Tesseract (the reference tool of SPEC §1), through pytesseract.
+    """OCR with Tesseract (the reference tool of docs/method.md §1), through pytesseract.
 
     Words below ``min_conf`` are dropped, the rest are grouped into lines in reading order, and lines
     with fewer than ``min_chars`` letters/digits are dropped.
@@ -603,9 +609,7 @@ class TesseractAligner(Aligner):
     def read(self, image: Any) -> list[str]:
         """Return the kept text lines of one image in Tesseract's reading order."""
         pytesseract = optional_import("pytesseract")
-        data = pytesseract.image_to_data(
-            image, lang=self.lang, config=self.config, output_type=pytesseract.Output.DICT
-        )
+        data = pytesseract.image_to_data(image, lang=self.lang, config=self.config, output_type=pytesseract.Output.DICT)
         lines: dict[tuple[int, int, int], list[str]] = {}
         for i, word in enumerate(data["text"]):
             if word.strip() and float(data["conf"][i]) >= self.min_conf:
@@ -659,7 +663,9 @@ class Florence2Aligner(Aligner):
         self.tasks = list(tasks)
         self.top_k = top_k
         self.min_chars = min_chars
-        self.generate_kwargs = dict(generate_kwargs) if generate_kwargs else {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
+        self.generate_kwargs = (
+            dict(generate_kwargs) if generate_kwargs else {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
+        )
         self.device = device
         if isinstance(model, str):
             from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -759,7 +765,9 @@ def _context_file_records(
         raise ValueError("give at least one precomputed context file")
     sources = [source] * len(paths) if source is None or isinstance(source, str) else list(source)
     if len(sources) != len(paths):
-        raise ValueError(f"got {len(sources)} sources for {len(paths)} precomputed context files; give one, or one per file")
+        raise ValueError(
+            f"got {len(sources)} sources for {len(paths)} precomputed context files; give one, or one per file"
+        )
     return [context_file_record(path, source) for path, source in zip(paths, sources)]
 
 
@@ -878,7 +886,11 @@ class PrecomputedAligner(Aligner):
         files were spelled (a rerun of ``python -m preprocess`` compares its settings with those of the finished work).
         """
         cls._check_keys(settings)
-        files = settings["files"] if "files" in settings else _context_file_records(settings["paths"], settings.get("source"))
+        files = (
+            settings["files"]
+            if "files" in settings
+            else _context_file_records(settings["paths"], settings.get("source"))
+        )
         spec = {"type": cls.type, "files": files, "format": settings.get("format", "auto")}
         validate_aligner_spec(spec)
         return {"files": [dict(record) for record in files], "format": spec["format"]}

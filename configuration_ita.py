@@ -1,4 +1,3 @@
-# coding=utf-8
 """ITA model configuration.
 
 This file is remote code: it is copied into every checkpoint and loaded by transformers' dynamic module
@@ -7,7 +6,7 @@ loader, so it imports only the standard library and transformers.
 
 import json
 import re
-from typing import Any, Optional, Union
+from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -63,8 +62,8 @@ def validate_bio_labels(labels: list[str]) -> None:
 def validate_context_builder(
     order: list[str],
     separator: str,
-    max_words_per_segment: Optional[int],
-    max_words: Optional[int],
+    max_words_per_segment: int | None,
+    max_words: int | None,
     piece_separators: dict[str, str],
 ) -> None:
     """Checks the settings of the visual-context builder (ITAConfig's `context_*` fields).
@@ -103,11 +102,7 @@ def validate_context_file(record: Any) -> None:
             "alignment_ita.PrecomputedAligner(paths).to_dict() (or normalize_spec) where the file is."
         )
     name = record["name"]
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or any(character in name for character in "/\\:\x00")
-    ):
+    if not isinstance(name, str) or name in ("", ".", "..") or any(character in name for character in "/\\:\x00"):
         raise ValueError(
             f"The precomputed-context file name {name!r} is not a bare file name: a checkpoint names its context files "
             "by name only, and they are looked up in its own folder or the folder passed as `context_dir`, never at a path."
@@ -136,7 +131,9 @@ def validate_aligner_spec(spec: Any, live: bool = False) -> None:
     try:
         json.dumps(spec)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"The aligner spec {spec!r} is not JSON-serialisable ({err}); give models by id or path.") from err
+        raise ValueError(
+            f"The aligner spec {spec!r} is not JSON-serialisable ({err}); give models by id or path."
+        ) from err
     is_precomputed = spec["type"] == PRECOMPUTED_TYPE or spec.get("precomputed", False)
     if live and is_precomputed:
         raise ValueError(
@@ -147,7 +144,11 @@ def validate_aligner_spec(spec: Any, live: bool = False) -> None:
         return
     unknown = sorted(set(spec) - set(PRECOMPUTED_SPEC_KEYS))
     if unknown:
-        hint = " (paths are never recorded: the files are named in 'files', by name and checksum)" if "paths" in unknown else ""
+        hint = (
+            " (paths are never recorded: the files are named in 'files', by name and checksum)"
+            if "paths" in unknown
+            else ""
+        )
         raise ValueError(
             f"Unknown key(s) {unknown} in the precomputed spec {spec!r}; it takes {list(PRECOMPUTED_SPEC_KEYS)}{hint}. "
             "Write it with alignment_ita.normalize_spec(spec) where the files are."
@@ -186,8 +187,10 @@ class CustomPipelines(dict):
 
 
 def pipeline_entry() -> dict[str, Any]:
-    """The `custom_pipelines` entry of the multimodal-ner pipeline, in the form `Pipeline.save_pretrained` writes
-    (without the TensorFlow classes transformers 5 dropped)."""
+    """The `custom_pipelines` entry of the multimodal-ner pipeline.
+
+    It has the form `Pipeline.save_pretrained` writes, without the TensorFlow classes transformers 5 dropped.
+    """
     return {"impl": PIPELINE_IMPL, "pt": ["AutoModelForTokenClassification"], "type": "multimodal"}
 
 
@@ -205,13 +208,13 @@ class ITAConfig(PretrainedConfig):
             BIO tags in id order; a shortcut for `id2label`. Defaults to Twitter-2017's tags when neither
             `labels` nor `id2label` is given.
         word_dropout (`float`, *optional*, defaults to 0.1):
-            Probability of zeroing a whole word representation during training (SPEC §2).
+            Probability of zeroing a whole word representation during training (docs/method.md §2).
         crf_bio_constraints (`bool`, *optional*, defaults to `True`):
             Forbid `O → I-X`, `B-X → I-Y`, `I-X → I-Y` and starting on `I-X` when decoding, so that decoded
             tags are always valid BIO. Training and marginals are unconstrained (the data has spans that
             start with `I-`).
         cva_temperature (`float`, *optional*, defaults to 2.0):
-            Temperature T of cross-view alignment (SPEC §3: 2 for Twitter-2017, 4 for Twitter-2015).
+            Temperature T of cross-view alignment (docs/method.md §3: 2 for Twitter-2017, 4 for Twitter-2015).
         cva_weight (`float`, *optional*, defaults to 0.5):
             λ in `λ·(NLL(x') + NLL(x)) + (1−λ)·T²·KL`.
         cva_kl_on (`str`, *optional*, defaults to `"crf_marginals"`):
@@ -248,21 +251,21 @@ class ITAConfig(PretrainedConfig):
 
     def __init__(
         self,
-        encoder_config: Optional[Union[dict[str, Any], PretrainedConfig]] = None,
-        labels: Optional[list[str]] = None,
+        encoder_config: dict[str, Any] | PretrainedConfig | None = None,
+        labels: list[str] | None = None,
         word_dropout: float = 0.1,
         crf_bio_constraints: bool = True,
         cva_temperature: float = 2.0,
         cva_weight: float = 0.5,
         cva_kl_on: str = "crf_marginals",
-        context_order: Optional[list[str]] = None,
+        context_order: list[str] | None = None,
         context_separator: str = DEFAULT_CONTEXT_SEPARATOR,
         max_context_tokens: int = 128,
-        aligners: Optional[list[dict[str, Any]]] = None,
-        context_max_words_per_segment: Optional[int] = None,
-        context_max_words: Optional[int] = None,
-        context_piece_separators: Optional[dict[str, str]] = None,
-        live_aligners: Optional[list[dict[str, Any]]] = None,
+        aligners: list[dict[str, Any]] | None = None,
+        context_max_words_per_segment: int | None = None,
+        context_max_words: int | None = None,
+        context_piece_separators: dict[str, str] | None = None,
+        live_aligners: list[dict[str, Any]] | None = None,
         **kwargs,
     ):
         if labels is not None:
@@ -321,7 +324,9 @@ class ITAConfig(PretrainedConfig):
 
         validate_bio_labels(self.labels)
         # Every ITA checkpoint opens with `pipeline(model=<checkpoint>, trust_remote_code=True)`.
-        self.custom_pipelines = CustomPipelines({**(getattr(self, "custom_pipelines", None) or {}), PIPELINE_TASK: pipeline_entry()})
+        self.custom_pipelines = CustomPipelines(
+            {**(getattr(self, "custom_pipelines", None) or {}), PIPELINE_TASK: pipeline_entry()}
+        )
 
     @property
     def labels(self) -> list[str]:

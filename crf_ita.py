@@ -1,4 +1,3 @@
-# coding=utf-8
 """Batched linear-chain CRF for ITA, with BIO decoding constraints and a numpy decoder.
 
 This file is remote code: it is copied into every checkpoint, so it imports only torch and numpy.
@@ -9,8 +8,6 @@ Conventions shared by every function here:
         occupies positions `0..n-1`. A sentence of length 0 has log-partition 0 and decodes to nothing.
     transitions[i, j]: score of moving from tag i to tag j.
 """
-
-from typing import Optional
 
 import numpy as np
 import torch
@@ -66,8 +63,8 @@ class ConditionalRandomField(nn.Module):
     def __init__(
         self,
         num_tags: int,
-        allowed: Optional[torch.Tensor] = None,
-        allowed_start: Optional[torch.Tensor] = None,
+        allowed: torch.Tensor | None = None,
+        allowed_start: torch.Tensor | None = None,
     ):
         super().__init__()
         self.num_tags = num_tags
@@ -84,12 +81,14 @@ class ConditionalRandomField(nn.Module):
         self.register_buffer("allowed_start", allowed_start, persistent=False)
 
     @torch.no_grad()
-    def reset_constraints(self, allowed: Optional[torch.Tensor] = None, allowed_start: Optional[torch.Tensor] = None) -> None:
+    def reset_constraints(self, allowed: torch.Tensor | None = None, allowed_start: torch.Tensor | None = None) -> None:
         """Writes the decoding constraints into the existing buffers (None allows everything)."""
         self.allowed.copy_(allowed if allowed is not None else torch.ones_like(self.allowed))
         self.allowed_start.copy_(allowed_start if allowed_start is not None else torch.ones_like(self.allowed_start))
 
-    def scores(self, emissions: Optional[torch.Tensor] = None) -> tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def scores(
+        self, emissions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Emissions (when given), transitions, start and end scores in the CRF's computation dtype.
 
         A half-precision model keeps its CRF parameters in half precision, but sums over tag sequences lose too
@@ -131,7 +130,7 @@ class ConditionalRandomField(nn.Module):
         return torch.stack(betas[::-1], dim=1)
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log Z per sentence by the forward algorithm, `(batch,)`."""
+        """Log Z per sentence by the forward algorithm, `(batch,)`."""
         alpha = self._forward_scores(emissions, mask)[:, -1]
         log_z = torch.logsumexp(alpha + self.scores()[3], dim=1)
         return torch.where(_lengths(mask) > 0, log_z, torch.zeros_like(log_z))
@@ -246,7 +245,11 @@ def viterbi_decode_numpy(
     rows = np.arange(batch)
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
-            current = np.where(t < lengths - 1, history[t, rows, current], current) if ragged[t + 1] else history[t, rows, current]
+            current = (
+                np.where(t < lengths - 1, history[t, rows, current], current)
+                if ragged[t + 1]
+                else history[t, rows, current]
+            )
         tags[:, t] = np.where(t < lengths, current, PAD_TAG) if ragged[t] else current
     return tags
 
@@ -311,8 +314,8 @@ class CRFDecoder:
         transitions: np.ndarray,
         start_transitions: np.ndarray,
         end_transitions: np.ndarray,
-        allowed: Optional[np.ndarray] = None,
-        allowed_start: Optional[np.ndarray] = None,
+        allowed: np.ndarray | None = None,
+        allowed_start: np.ndarray | None = None,
     ):
         raw = tuple(np.array(scores, dtype=np.float64) for scores in (transitions, start_transitions, end_transitions))
         num_tags = raw[0].shape[0]
@@ -332,7 +335,9 @@ class CRFDecoder:
     def from_crf(cls, crf: ConditionalRandomField, constrained: bool = True) -> "CRFDecoder":
         """The decoder of `crf`'s current scores, with its BIO constraints when `constrained`."""
         with torch.no_grad():
-            arrays = [t.detach().cpu().double().numpy() for t in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+            arrays = [
+                t.detach().cpu().double().numpy() for t in (crf.transitions, crf.start_transitions, crf.end_transitions)
+            ]
             masks = (crf.allowed.cpu().numpy(), crf.allowed_start.cpu().numpy()) if constrained else (None, None)
         return cls(*arrays, *masks)
 

@@ -1,9 +1,8 @@
-# coding=utf-8
 """Turning a tweet's words and its visual context into ITA model inputs, and padding those into batches.
 
 This file is remote code (the pipeline imports it), so it imports only torch and transformers.
 
-An encoded example holds two views of the tweet (SPEC §2–§3):
+An encoded example holds two views of the tweet (docs/method.md §2–§3):
     cross-modal view x': `input_ids`, `attention_mask`, `token_type_ids`, `word_index`
         = tweet words, the tokenizer's separator, then the visual context;
     text-only view x: the same fields prefixed with `text_`.
@@ -12,7 +11,8 @@ is truncated to fit (`truncation="only_second"`), and a tweet that alone exceeds
 error rather than a silent loss of words.
 """
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -27,13 +27,13 @@ class TweetTooLongError(ValueError):
     """A tweet whose words alone do not fit the encoder; the pipeline splits such tweets into chunks."""
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: Optional[list[str]], **kwargs):
+def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None, **kwargs):
     return tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, **kwargs)
 
 
 def _first_subtokens(encoding, num_words: int) -> list[int]:
     """Position of the first sub-token of every tweet word (sequence 0) in a fast-tokenizer encoding."""
-    first: list[Optional[int]] = [None] * num_words
+    first: list[int | None] = [None] * num_words
     for position, (word, sequence) in enumerate(zip(encoding.word_ids(), encoding.sequence_ids())):
         if sequence == 0 and word is not None and first[word] is None:
             first[word] = position
@@ -50,8 +50,10 @@ def _tokenizable_words(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> 
     if all(position is not None for position in first):
         return words
     if tokenizer.unk_token is None:
-        raise ValueError(f"Words {[w for w, p in zip(words, first) if p is None]!r} produce no sub-token and the "
-                         "tokenizer has no unknown token to stand in for them.")
+        raise ValueError(
+            f"Words {[w for w, p in zip(words, first) if p is None]!r} produce no sub-token and the "
+            "tokenizer has no unknown token to stand in for them."
+        )
     return [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
 
 
@@ -60,7 +62,7 @@ def encode_example(
     words: Sequence[str],
     visual_context: str = "",
     max_context_tokens: int = 128,
-    max_length: Optional[int] = None,
+    max_length: int | None = None,
     text_view: bool = True,
 ) -> dict[str, list[int]]:
     """Encodes one tweet and its visual context into ITA inputs.
@@ -81,8 +83,10 @@ def encode_example(
         ValueError: if `words` is empty or the tokenizer is not a fast tokenizer.
     """
     if not tokenizer.is_fast:
-        raise ValueError("ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
-                         "load it with AutoTokenizer.from_pretrained(..., use_fast=True).")
+        raise ValueError(
+            "ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
+            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
     words = list(words)
     if not words:
         raise ValueError("Cannot encode an empty tweet: `words` is empty.")
@@ -102,8 +106,9 @@ def encode_example(
     extra_specials = tokenizer.num_special_tokens_to_add(pair=True) - tokenizer.num_special_tokens_to_add(pair=False)
     room = min(limit - text_length - extra_specials, max_context_tokens)
     if context_words and room > 0:
-        cross = _encode(tokenizer, words, context_words, truncation="only_second",
-                        max_length=text_length + extra_specials + room)
+        cross = _encode(
+            tokenizer, words, context_words, truncation="only_second", max_length=text_length + extra_specials + room
+        )
     else:
         # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
         cross = text
@@ -135,7 +140,7 @@ def pad_batch(features: list[dict[str, list[int]]], pad_token_id: int) -> dict[s
     for field in fields:
         values = [feature[field] for feature in features]
         width = max(len(value) for value in values)
-        base = field[len(TEXT_PREFIX):] if field.startswith(TEXT_PREFIX) else field
+        base = field[len(TEXT_PREFIX) :] if field.startswith(TEXT_PREFIX) else field
         pad = pad_token_id if base == "input_ids" else PAD_VALUES.get(base, 0)
         batch[field] = torch.tensor([list(value) + [pad] * (width - len(value)) for value in values], dtype=torch.long)
     return batch

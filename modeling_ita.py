@@ -1,4 +1,3 @@
-# coding=utf-8
 """PyTorch ITA model: a pretrained text encoder, first-sub-token word gather, emissions and a CRF.
 
 This file is remote code: it is copied into every checkpoint and loaded with `trust_remote_code=True`, so it
@@ -11,7 +10,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -31,7 +29,11 @@ logger = logging.get_logger(__name__)
 PIPELINE_FILE = "pipeline_ita.py"
 # Files a checkpoint needs beyond the model's own remote code, by their name in the checkpoint -> name here; the
 # pipeline's sibling modules are added from its imports.
-SERVING_FILES = {PIPELINE_FILE: PIPELINE_FILE, "handler.py": "handler.py", "requirements.txt": "handler_requirements.txt"}
+SERVING_FILES = {
+    PIPELINE_FILE: PIPELINE_FILE,
+    "handler.py": "handler.py",
+    "requirements.txt": "handler_requirements.txt",
+}
 _PUSH_ARGUMENTS = ("repo_id", "commit_message", "private", "create_pr", "revision", "commit_description")
 
 
@@ -42,7 +44,7 @@ class ITATokenClassifierOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             Mean over the batch of the CRF negative log-likelihood, plus the cross-view alignment terms when
-            the text-only view is given (SPEC §3).
+            the text-only view is given (docs/method.md §3).
         logits (`torch.FloatTensor` of shape `(batch_size, num_words, num_labels)`):
             Emission scores of the tweet words in the cross-modal view.
         text_logits (`torch.FloatTensor` of shape `(batch_size, num_words, num_labels)`, *optional*):
@@ -53,11 +55,11 @@ class ITATokenClassifierOutput(ModelOutput):
             CRF posterior marginal probability of each decoded tag, 0 at padding.
     """
 
-    loss: Optional[torch.FloatTensor] = None
-    logits: Optional[torch.FloatTensor] = None
-    text_logits: Optional[torch.FloatTensor] = None
-    tags: Optional[torch.LongTensor] = None
-    tag_scores: Optional[torch.FloatTensor] = None
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    text_logits: torch.FloatTensor | None = None
+    tags: torch.LongTensor | None = None
+    tag_scores: torch.FloatTensor | None = None
 
 
 class ITAWordDropout(nn.Module):
@@ -81,6 +83,8 @@ def _drop_pooler(encoder: PreTrainedModel) -> None:
 
 
 class ITAPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, loading and saving shared by ITA models."""
+
     config_class = ITAConfig
     base_model_prefix = "encoder"
     supports_gradient_checkpointing = True
@@ -99,13 +103,13 @@ class ITAPreTrainedModel(PreTrainedModel):
             # non-persistent buffers with uninitialised memory before calling this, so they are rebuilt here.
             module.reset_constraints(*self._decoding_constraints())
 
-    def _decoding_constraints(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _decoding_constraints(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The CRF's `allowed` and `allowed_start` masks for `config.labels` (None when unconstrained)."""
         if not self.config.crf_bio_constraints:
             return None, None
         return bio_transition_constraints(self.config.labels)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, push_to_hub: bool = False, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the files that serve the checkpoint (see `write_serving_files`).
 
         With `push_to_hub=True` the folder is uploaded once it is complete.
@@ -136,11 +140,13 @@ class ITAPreTrainedModel(PreTrainedModel):
                 raise ValueError(problem) from error
             raise
         if any(key.startswith("crf.") for key in loading_info.get("missing_keys", ())):
-            raise ValueError(_crf_weights_problem(pretrained_model_name_or_path, kwargs) or "The CRF scores are missing.")
+            raise ValueError(
+                _crf_weights_problem(pretrained_model_name_or_path, kwargs) or "The CRF scores are missing."
+            )
         return (model, loading_info) if output_loading_info else model
 
 
-def write_serving_files(folder: Union[str, os.PathLike], source: Optional[str] = None) -> list[str]:
+def write_serving_files(folder: str | os.PathLike, source: str | None = None) -> list[str]:
     """Copies the pipeline's remote code and the Inference Endpoints files into a checkpoint folder.
 
     `save_pretrained` writes the model's own remote code (this file, the config, the CRF); the config's
@@ -194,18 +200,24 @@ def write_serving_files(folder: Union[str, os.PathLike], source: Optional[str] =
     return written
 
 
-def _crf_weights_problem(pretrained_model_name_or_path, kwargs: dict) -> Optional[str]:
+def _crf_weights_problem(pretrained_model_name_or_path, kwargs: dict) -> str | None:
     """What is wrong with the CRF scores in a checkpoint's `model.safetensors`, or None when they look right."""
     from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
 
-    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    hub_kwargs = {
+        k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs
+    }
     try:
         config = ITAConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         path = cached_file(pretrained_model_name_or_path, SAFE_WEIGHTS_NAME, **hub_kwargs)
     except (OSError, ValueError):
         return None  # not a single-file ITA checkpoint: transformers' own error says more
     num_tags = config.num_labels
-    expected = {"crf.transitions": (num_tags, num_tags), "crf.start_transitions": (num_tags,), "crf.end_transitions": (num_tags,)}
+    expected = {
+        "crf.transitions": (num_tags, num_tags),
+        "crf.start_transitions": (num_tags,),
+        "crf.end_transitions": (num_tags,),
+    }
     # The safetensors header: an 8-byte little-endian length, then JSON with each tensor's shape.
     with open(path, "rb") as weights:
         header = json.loads(weights.read(int.from_bytes(weights.read(8), "little")))
@@ -241,7 +253,7 @@ class ITAForTokenClassification(ITAPreTrainedModel):
 
     @classmethod
     def from_encoder(
-        cls, encoder_name_or_path: str, labels: list[str], encoder_kwargs: Optional[dict] = None, **config_kwargs
+        cls, encoder_name_or_path: str, labels: list[str], encoder_kwargs: dict | None = None, **config_kwargs
     ) -> "ITAForTokenClassification":
         """Builds an ITA model on a pretrained encoder (any Hub name or local folder `AutoModel` can load).
 
@@ -271,8 +283,8 @@ class ITAForTokenClassification(ITAPreTrainedModel):
     def word_emissions(
         self,
         input_ids: torch.LongTensor,
-        attention_mask: Optional[torch.Tensor],
-        token_type_ids: Optional[torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
         word_index: torch.LongTensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Emission scores of the tweet words of one view.
@@ -290,7 +302,7 @@ class ITAForTokenClassification(ITAPreTrainedModel):
             encoder_inputs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**encoder_inputs).last_hidden_state
         word_mask = word_index >= 0
-        # Only the tweet words are gathered, so context positions never reach the CRF (SPEC §2).
+        # Only the tweet words are gathered, so context positions never reach the CRF (docs/method.md §2).
         gather_index = word_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.size(-1))
         words = hidden.gather(1, gather_index)
         emissions = self.classifier(self.word_dropout(words))
@@ -324,17 +336,18 @@ class ITAForTokenClassification(ITAPreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         word_index: torch.LongTensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        text_input_ids: Optional[torch.LongTensor] = None,
-        text_word_index: Optional[torch.LongTensor] = None,
-        text_attention_mask: Optional[torch.Tensor] = None,
-        text_token_type_ids: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        text_input_ids: torch.LongTensor | None = None,
+        text_word_index: torch.LongTensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+        text_token_type_ids: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
         return_tags: bool = False,
-        return_dict: Optional[bool] = None,
-    ) -> Union[tuple, ITATokenClassifierOutput]:
-        r"""
+        return_dict: bool | None = None,
+    ) -> tuple | ITATokenClassifierOutput:
+        r"""Tags or scores one batch; with `labels`, the ITA loss (and the cross-view alignment terms).
+
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
                 Cross-modal view x': tweet, separator, visual context (or the tweet alone when it has none).
@@ -351,7 +364,9 @@ class ITAForTokenClassification(ITAPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if word_index.dim() != 2 or word_index.size(1) == 0:
-            raise ValueError(f"`word_index` must be (batch_size, num_words) with num_words >= 1, got {tuple(word_index.shape)}.")
+            raise ValueError(
+                f"`word_index` must be (batch_size, num_words) with num_words >= 1, got {tuple(word_index.shape)}."
+            )
         emissions, word_mask = self.word_emissions(input_ids, attention_mask, token_type_ids, word_index)
 
         text_emissions = None
@@ -362,16 +377,19 @@ class ITAForTokenClassification(ITAPreTrainedModel):
                 text_input_ids, text_attention_mask, text_token_type_ids, text_word_index
             )
             if not torch.equal(text_mask, word_mask):
-                raise ValueError("The two views must cover the same words: `word_index` and `text_word_index` "
-                                 "differ in which positions are padding.")
+                raise ValueError(
+                    "The two views must cover the same words: `word_index` and `text_word_index` "
+                    "differ in which positions are padding."
+                )
 
         loss = None
         if labels is not None:
             if labels.shape != word_mask.shape:
                 raise ValueError(f"`labels` {tuple(labels.shape)} must match `word_index` {tuple(word_mask.shape)}.")
             if ((labels == PAD_TAG) & word_mask).any() or ((labels != PAD_TAG) & ~word_mask).any():
-                raise ValueError("`labels` must be -100 exactly at word padding: a CRF cannot skip a word inside "
-                                 "a sentence.")
+                raise ValueError(
+                    "`labels` must be -100 exactly at word padding: a CRF cannot skip a word inside a sentence."
+                )
             nll = self.crf.neg_log_likelihood(emissions, labels, word_mask)
             if text_emissions is None:
                 per_sentence = nll
@@ -379,7 +397,7 @@ class ITAForTokenClassification(ITAPreTrainedModel):
                 weight = self.config.cva_weight
                 text_nll = self.crf.neg_log_likelihood(text_emissions, labels, word_mask)
                 kl = self.cross_view_kl(emissions, text_emissions, word_mask)
-                # A tweet whose image gave no context has identical views: no alignment term (SPEC §3).
+                # A tweet whose image gave no context has identical views: no alignment term (docs/method.md §3).
                 has_context = self._has_context(input_ids, attention_mask, text_input_ids, text_attention_mask)
                 cva = self.config.cva_temperature**2 * kl * has_context.to(kl.dtype)
                 per_sentence = weight * (nll + text_nll) + (1.0 - weight) * cva
@@ -399,12 +417,16 @@ class ITAForTokenClassification(ITAPreTrainedModel):
     @staticmethod
     def _has_context(
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor],
+        attention_mask: torch.Tensor | None,
         text_input_ids: torch.Tensor,
-        text_attention_mask: Optional[torch.Tensor],
+        text_attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """True where x' is longer than x, i.e. where the tweet has a non-empty visual context, `(batch_size,)`."""
-        length = attention_mask.sum(dim=1) if attention_mask is not None else torch.full_like(input_ids[:, 0], input_ids.size(1))
+        length = (
+            attention_mask.sum(dim=1)
+            if attention_mask is not None
+            else torch.full_like(input_ids[:, 0], input_ids.size(1))
+        )
         text_length = (
             text_attention_mask.sum(dim=1)
             if text_attention_mask is not None

@@ -1,4 +1,3 @@
-# coding=utf-8
 """The `"multimodal-ner"` pipeline: a tweet (and its image) in, named entities out.
 
 This file is remote code: `modeling_ita.py` imports it, so every checkpoint carries it and records it in
@@ -10,7 +9,7 @@ and its siblings through flat relative imports (with an absolute fallback for th
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +20,12 @@ from transformers.utils import logging
 
 try:
     from .alignment_ita import (
-        Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
+        Aligner,
+        VisualContextBuilder,
+        aligner_from_dict,
+        image_id_from_name,
+        load_image,
+        spec_is_precomputed,
     )
     from .configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
     from .crf_ita import CRFDecoder
@@ -29,7 +33,12 @@ try:
     from .pretokenizer_ita import TweetPreTokenizer
 except ImportError:
     from alignment_ita import (
-        Aligner, VisualContextBuilder, aligner_from_dict, image_id_from_name, load_image, spec_is_precomputed,
+        Aligner,
+        VisualContextBuilder,
+        aligner_from_dict,
+        image_id_from_name,
+        load_image,
+        spec_is_precomputed,
     )
     from configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
     from crf_ita import CRFDecoder
@@ -67,7 +76,6 @@ class MultimodalNERPipeline(ChunkPipeline):
     cannot be read, the tweet is tagged alone, which a cross-view-aligned checkpoint is trained for (docs/method.md §3).
 
     Example:
-
     ```python
     >>> from transformers import pipeline
     >>> ner = pipeline(model="path/to/ita-checkpoint", trust_remote_code=True)
@@ -123,14 +131,16 @@ class MultimodalNERPipeline(ChunkPipeline):
     def __init__(
         self,
         *args,
-        aligners: Union[None, Aligner, dict, list] = None,
-        context_dir: Optional[Union[str, os.PathLike]] = None,
+        aligners: None | Aligner | dict | list = None,
+        context_dir: str | os.PathLike | None = None,
         pre_tokenizer: Any = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         if pre_tokenizer is not None and not callable(getattr(pre_tokenizer, "pre_tokenize_str", None)):
-            raise TypeError(f"`pre_tokenizer` needs a `pre_tokenize_str(text)` method, got {type(pre_tokenizer).__name__}.")
+            raise TypeError(
+                f"`pre_tokenizer` needs a `pre_tokenize_str(text)` method, got {type(pre_tokenizer).__name__}."
+            )
         if self.tokenizer is None or not self.tokenizer.is_fast:
             raise ValueError(
                 "The multimodal-ner pipeline needs the encoder's fast tokenizer (word ids locate each word's first "
@@ -145,7 +155,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         self.decoder = CRFDecoder.from_crf(self.model.crf, constrained=config.crf_bio_constraints)
 
     def _build_aligners(
-        self, aligners: Union[None, Aligner, dict, list], context_dir: Optional[Union[str, os.PathLike]]
+        self, aligners: None | Aligner | dict | list, context_dir: str | os.PathLike | None
     ) -> tuple[list[Aligner], list[Aligner]]:
         """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable.
 
@@ -154,7 +164,9 @@ class MultimodalNERPipeline(ChunkPipeline):
             instead of its precomputed aligners for an image none of those holds a context for.
         """
         if context_dir is not None and not os.path.isdir(context_dir):
-            raise ValueError(f"`context_dir` must be a folder holding precomputed-context files; {str(context_dir)!r} is not one.")
+            raise ValueError(
+                f"`context_dir` must be a folder holding precomputed-context files; {str(context_dir)!r} is not one."
+            )
         config = self.model.config
         # Context files recorded by name are looked up only in the caller's folder and the checkpoint's own folder (or
         # Hub repository), never at a path read from config.json.
@@ -169,13 +181,22 @@ class MultimodalNERPipeline(ChunkPipeline):
                 try:
                     aligner_list.append(aligner_from_dict(spec, context_dirs=folders))
                 except Exception as err:  # noqa: BLE001 - any failure (missing file, package, model) is reported below.
-                    kind = "live aligner" if field == "live_aligners" else "precomputed contexts" if spec_is_precomputed(spec) else "aligner"
+                    kind = (
+                        "live aligner"
+                        if field == "live_aligners"
+                        else "precomputed contexts"
+                        if spec_is_precomputed(spec)
+                        else "aligner"
+                    )
                     unavailable.append(f"{spec.get('type')!r} {kind} ({type(err).__name__}: {err})")
         aligners, live = built["aligners"], built["live_aligners"]
         if unavailable:
-            usable = [a.type for a in aligners] + [f"{a.type} (live, for images without precomputed context)" for a in live]
+            usable = [a.type for a in aligners] + [
+                f"{a.type} (live, for images without precomputed context)" for a in live
+            ]
             outcome = (
-                "Images are ignored and tweets are tagged text-only" if not usable
+                "Images are ignored and tweets are tagged text-only"
+                if not usable
                 else f"Only {usable} will turn images into context"
             )
             logger.warning(
@@ -187,7 +208,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         return aligners, live
 
     @staticmethod
-    def _as_aligner(aligner: Union[Aligner, dict], folders: list[str]) -> Aligner:
+    def _as_aligner(aligner: Aligner | dict, folders: list[str]) -> Aligner:
         """A spec dict built into an aligner (its recorded context files looked up in `folders`), or an aligner object.
 
         Objects are recognised by their interface, not by class: the checkout's `alignment_ita.Aligner` and the
@@ -196,7 +217,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         if isinstance(aligner, dict):
             return aligner_from_dict(aligner, context_dirs=folders)
         if not (callable(getattr(aligner, "align", None)) and hasattr(aligner, "needs_images")):
-            raise TypeError(f"{aligner!r} is not an aligner: pass alignment_ita aligner objects or their to_dict() specs.")
+            raise TypeError(
+                f"{aligner!r} is not an aligner: pass alignment_ita aligner objects or their to_dict() specs."
+            )
         return aligner
 
     def _encoder_limit(self) -> int:
@@ -209,12 +232,12 @@ class MultimodalNERPipeline(ChunkPipeline):
 
     def _sanitize_parameters(
         self,
-        visual_context: Optional[str] = None,
-        stride: Optional[int] = None,
-        timeout: Optional[float] = None,
-        aggregation_strategy: Optional[str] = None,
-        return_visual_context: Optional[bool] = None,
-        ignore_labels: Optional[list[str]] = None,
+        visual_context: str | None = None,
+        stride: int | None = None,
+        timeout: float | None = None,
+        aggregation_strategy: str | None = None,
+        return_visual_context: bool | None = None,
+        ignore_labels: list[str] | None = None,
     ):
         preprocess_params: dict[str, Any] = {}
         if visual_context is not None:
@@ -223,7 +246,9 @@ class MultimodalNERPipeline(ChunkPipeline):
             preprocess_params["visual_context"] = visual_context
         if stride is not None:
             if stride < 0:
-                raise ValueError(f"`stride` (words shared by consecutive windows of a long tweet) must be >= 0, got {stride}.")
+                raise ValueError(
+                    f"`stride` (words shared by consecutive windows of a long tweet) must be >= 0, got {stride}."
+                )
             preprocess_params["stride"] = stride
         if timeout is not None:
             preprocess_params["timeout"] = timeout
@@ -287,7 +312,9 @@ class MultimodalNERPipeline(ChunkPipeline):
             marginal probability of the decoded tag; `start`/`end` are character offsets into the caller's text.
         """
         if text is None:
-            raise ValueError("Give the tweet's text: pipe(text, image=...), pipe({'text': ..., 'image': ...}) or a list.")
+            raise ValueError(
+                "Give the tweet's text: pipe(text, image=...), pipe({'text': ..., 'image': ...}) or a list."
+            )
         return super().__call__(self._normalize_inputs(text, image, is_split_into_words), **kwargs)
 
     def _normalize_inputs(self, text: Any, image: Any, is_split_into_words: bool) -> Any:
@@ -297,18 +324,24 @@ class MultimodalNERPipeline(ChunkPipeline):
         if isinstance(text, list):
             images = image if isinstance(image, list) else [image] * len(text)
             if len(images) != len(text):
-                raise ValueError(f"Got {len(text)} texts but {len(images)} images; give one image per text, or a single image.")
+                raise ValueError(
+                    f"Got {len(text)} texts but {len(images)} images; give one image per text, or a single image."
+                )
             return [_input_dict(element, element_image) for element, element_image in zip(text, images)]
         if isinstance(text, Iterable):
             if image is not None:
-                raise ValueError("With a generator or dataset of inputs, give each input's image inside it ({'text', 'image'}).")
+                raise ValueError(
+                    "With a generator or dataset of inputs, give each input's image inside it ({'text', 'image'})."
+                )
             # A `datasets.Dataset` is not a generator; the base pipeline only streams generators (and torch
             # datasets), so rows are read through one.
             return (_input_dict(element, None) for element in text)
-        raise TypeError(f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list.")
+        raise TypeError(
+            f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list."
+        )
 
     def preprocess(
-        self, inputs: dict[str, Any], visual_context: Optional[str] = None, stride: int = 16, timeout: float = 10.0
+        self, inputs: dict[str, Any], visual_context: str | None = None, stride: int = 16, timeout: float = 10.0
     ) -> Iterator[dict[str, Any]]:
         text = inputs["text"]
         if isinstance(text, str):
@@ -328,13 +361,21 @@ class MultimodalNERPipeline(ChunkPipeline):
         if not words:
             yield {"features": None, "span": (0, 0), "keep": (0, 0), "item": item, "is_last": True}
             return
-        encode = dict(max_context_tokens=self.model.config.max_context_tokens, max_length=self.max_length, text_view=False)
+        encode = dict(
+            max_context_tokens=self.model.config.max_context_tokens, max_length=self.max_length, text_view=False
+        )
         try:
             features = encode_example(self.tokenizer, words, context, **encode)
         except TweetTooLongError:
             windows = self._windows(words, context, stride)
         else:
-            yield {"features": features, "span": (0, len(words)), "keep": (0, len(words)), "item": item, "is_last": True}
+            yield {
+                "features": features,
+                "span": (0, len(words)),
+                "keep": (0, len(words)),
+                "item": item,
+                "is_last": True,
+            }
             return
         for index, (start, end) in enumerate(windows):
             # Each word belongs to the window where it is farthest from an edge: overlaps are split in the middle.
@@ -342,7 +383,9 @@ class MultimodalNERPipeline(ChunkPipeline):
             keep_end = len(words) if index == len(windows) - 1 else (windows[index + 1][0] + end) // 2
             yield {
                 "features": encode_example(self.tokenizer, words[start:end], context, **encode),
-                "span": (start, end), "keep": (keep_start, keep_end), "item": item,
+                "span": (start, end),
+                "keep": (keep_start, keep_end),
+                "item": item,
                 "is_last": index == len(windows) - 1,
             }
 
@@ -355,7 +398,11 @@ class MultimodalNERPipeline(ChunkPipeline):
             counts[word_id] += 1
         # A word with no sub-token is encoded as the unknown token (encoding_ita), i.e. one sub-token.
         counts = [max(count, 1) for count in counts]
-        context_tokens = len(tokenizer(context.split(), is_split_into_words=True, add_special_tokens=False)["input_ids"]) if context else 0
+        context_tokens = (
+            len(tokenizer(context.split(), is_split_into_words=True, add_special_tokens=False)["input_ids"])
+            if context
+            else 0
+        )
         # Leave the context its budget in every window, but never more than half of the encoder.
         context_share = min(context_tokens, self.model.config.max_context_tokens, self.max_length // 2)
         budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=bool(context_share)) - context_share
@@ -462,10 +509,10 @@ class MultimodalNERPipeline(ChunkPipeline):
     def postprocess(
         self,
         all_outputs: list[dict[str, Any]],
-        aggregation_strategy: Optional[str] = None,
+        aggregation_strategy: str | None = None,
         return_visual_context: bool = False,
-        ignore_labels: Optional[list[str]] = None,
-    ) -> Union[list[dict[str, Any]], dict[str, Any]]:
+        ignore_labels: list[str] | None = None,
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         if aggregation_strategy is None:
             # Opened as "token-classification" (the Hub's snippet, `evaluate`'s evaluator), the pipeline answers
             # as TokenClassificationPipeline does by default: one dict per word.
@@ -490,7 +537,8 @@ class MultimodalNERPipeline(ChunkPipeline):
             entities = (_word_entities if aggregation_strategy == "none" else _grouped_entities)(item, labels, scores)
             # As in TokenClassificationPipeline: a word's `entity` (B-/I- tag) or a span's `entity_group`.
             entities = [
-                entity for entity in entities
+                entity
+                for entity in entities
                 if entity.get("entity") not in ignore_labels and entity.get("entity_group") not in ignore_labels
             ]
         if return_visual_context:
@@ -518,7 +566,9 @@ def _input_dict(element: Any, image: Any) -> dict[str, Any]:
         values = {"text": element, "image": image, "image_id": None, "visual_context": None}
     text = values["text"]
     if not isinstance(text, str) and not _is_word_list(text):
-        raise TypeError(f"A tweet must be a str or a list of words (str), got {type(text).__name__}: {str(text)[:80]!r}.")
+        raise TypeError(
+            f"A tweet must be a str or a list of words (str), got {type(text).__name__}: {str(text)[:80]!r}."
+        )
     if isinstance(text, list) and any(not word for word in text):
         raise ValueError(f"Words must be non-empty strings; got an empty word in {text[:20]!r}.")
     picture = values["image"]
@@ -551,10 +601,15 @@ def _grouped_entities(item: TweetInput, labels: list[str], scores: list[float]) 
     entities = []
     for entity_type, indices in spans:
         start, end = item.offsets[indices[0]][0], item.offsets[indices[-1]][1]
-        entities.append({
-            "entity_group": entity_type, "score": sum(scores[i] for i in indices) / len(indices), "word": item.text[start:end],
-            "start": start, "end": end,
-        })
+        entities.append(
+            {
+                "entity_group": entity_type,
+                "score": sum(scores[i] for i in indices) / len(indices),
+                "word": item.text[start:end],
+                "start": start,
+                "end": end,
+            }
+        )
     return entities
 
 

@@ -1,4 +1,3 @@
-# coding=utf-8
 """A tweet-aware pre-tokenizer: splits raw tweet text into words with character offsets.
 
 This file is remote code (the multimodal-ner pipeline imports it), so it imports only the standard library.
@@ -27,7 +26,6 @@ exactly one word, so nothing is dropped, and `text[start:end] == word` for every
 """
 
 import re
-from typing import Optional
 
 # Invisible characters that separate words the way a space does (they carry no text of their own).
 ZERO_WIDTH_SEPARATORS = "\u200b\u2060\ufeff\u180e\u200e\u200f"
@@ -53,7 +51,10 @@ _EMOJI = rf"[{_EMOJI_BASE}][{_EMOJI_MODIFIER}]*(?:\u200d[{_EMOJI_BASE}][{_EMOJI_
 _TOKEN_PATTERNS = [
     # A URL ends on a character that cannot be trailing sentence punctuation, or on the `…` of a URL that
     # Twitter truncated (`http://t.co/ab…`, even `htt…`).
-    ("url", r"(?:https?://|www\.)[!-~]*(?:[A-Za-z0-9/#=_\-~+&%$*@]…?|…)|(?<![A-Za-z0-9])h(?:t(?:t(?:ps?)?)?)?(?::/{0,2})?…"),
+    (
+        "url",
+        r"(?:https?://|www\.)[!-~]*(?:[A-Za-z0-9/#=_\-~+&%$*@]…?|…)|(?<![A-Za-z0-9])h(?:t(?:t(?:ps?)?)?)?(?::/{0,2})?…",
+    ),
     # Tweets from the API carry HTML-escaped `&`, `<`, `>`; the data keeps `&amp` as a word and `;` apart.
     ("html_entity", r"&(?:amp|lt|gt|quot|apos|#\d+)(?![A-Za-z0-9])"),
     ("email", r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
@@ -87,7 +88,6 @@ class TweetPreTokenizer:
             Split English clitics off words (`don't` → `do` `n't`, `Cruz's` → `Cruz` `'s`).
 
     Example:
-
     ```python
     >>> TweetPreTokenizer().pre_tokenize_str("RT @NBA: Curry's 3 🏀🔥 https://t.co/x")
     [('RT', (0, 2)), ('@NBA', (3, 7)), (':', (7, 8)), ('Curry', (9, 14)), ("'s", (14, 16)), ('3', (17, 18)),
@@ -98,7 +98,7 @@ class TweetPreTokenizer:
     def __init__(self, split_clitics: bool = True):
         self.split_clitics = split_clitics
 
-    def _split_clitic(self, word: str) -> Optional[int]:
+    def _split_clitic(self, word: str) -> int | None:
         """Length of the stem when `word` ends with an English clitic, else None."""
         for pattern in (_NEGATION, _CLITIC):
             match = pattern.match(word)

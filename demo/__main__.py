@@ -47,8 +47,19 @@ def build_shards(data: Path) -> Path:
         dataset = load_from_disk(str(shards))
         print(f"      reusing {shards}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.items()))
         return shards
-    command = [sys.executable, "-m", "preprocess", "--data", str(data / "twitter2017"),
-               "--context", str(data / "captions" / "blip2" / "BLIP2_17.txt"), "--out", str(shards)]
+    command = [
+        sys.executable,
+        "-m",
+        "preprocess",
+        "--data",
+        str(data / "twitter2017"),
+        "--context",
+        str(data / "captions" / "blip2" / "BLIP2_17.txt"),
+        "--context-source",
+        "BLIP-2 captions, PGIM release",
+        "--out",
+        str(shards),
+    ]
     print("      $ " + " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=REPO)
     return shards
@@ -59,13 +70,45 @@ def train_model(shards: Path) -> Path:
     results_file = model_dir / "eval_results.json"
     if not (results_file.is_file() and (model_dir / "model.safetensors").is_file()):
         command = [
-            sys.executable, "train.py", "--dataset_path", str(shards), "--output_dir", str(model_dir),
-            "--overwrite_output_dir", "--cva", "True", "--cva_temperature", "2.0", "--max_context_tokens", "64",
-            "--learning_rate", "1e-4", "--crf_learning_rate", "0.05", "--per_device_train_batch_size", "8",
-            "--max_steps", str(TRAIN_STEPS), "--eval_strategy", "steps", "--eval_steps", str(TRAIN_STEPS),
-            "--save_strategy", "steps", "--save_steps", str(TRAIN_STEPS), "--save_total_limit", "1",
-            "--per_device_eval_batch_size", "64", "--test_split", "", "--logging_steps", "25",
-            "--dataset_name", "Twitter-2017 + BLIP-2 captions",
+            sys.executable,
+            "train.py",
+            "--dataset_path",
+            str(shards),
+            "--output_dir",
+            str(model_dir),
+            "--overwrite_output_dir",
+            "--cva",
+            "True",
+            "--cva_temperature",
+            "2.0",
+            "--max_context_tokens",
+            "64",
+            "--learning_rate",
+            "1e-4",
+            "--crf_learning_rate",
+            "0.05",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            str(TRAIN_STEPS),
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            str(TRAIN_STEPS),
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            str(TRAIN_STEPS),
+            "--save_total_limit",
+            "1",
+            "--per_device_eval_batch_size",
+            "64",
+            "--test_split",
+            "",
+            "--logging_steps",
+            "25",
+            "--dataset_name",
+            "Twitter-2017 + BLIP-2 captions",
         ] + (["--max_eval_samples", EVAL_TWEETS] if EVAL_TWEETS else [])
         print(f"      training {TRAIN_STEPS} steps of 8 tweets (set DEMO_TRAIN_STEPS to change the budget)")
         print("      $ " + " ".join(command), flush=True)
@@ -82,9 +125,11 @@ def train_model(shards: Path) -> Path:
 def dev_scores(model_dir: Path) -> str:
     metrics = json.loads((model_dir / "eval_results.json").read_text())
     steps = json.loads((model_dir / "trainer_state.json").read_text())["global_step"]
-    return (f"dev F1 with visual context {100 * metrics['eval_with_context_f1']:.2f}, text only "
-            f"{100 * metrics['eval_text_only_f1']:.2f} (MiniLM trained {steps} steps with CVA on Twitter-2017 + "
-            "BLIP-2 captions)")
+    return (
+        f"dev F1 with visual context {100 * metrics['eval_with_context_f1']:.2f}, text only "
+        f"{100 * metrics['eval_text_only_f1']:.2f} (MiniLM trained {steps} steps with CVA on Twitter-2017 + "
+        "BLIP-2 captions)"
+    )
 
 
 def refresh_remote_code(model_dir: Path) -> None:
@@ -136,7 +181,9 @@ def show(title: str, text: str, result: dict, width: int = 160) -> None:
     if not entities:
         print("      entities: none found")
     for entity in entities:
-        print(f"        {entity['entity_group']:<6} {entity['score']:.2f}  {entity['word']!r} [{entity['start']}:{entity['end']}]")
+        print(
+            f"        {entity['entity_group']:<6} {entity['score']:.2f}  {entity['word']!r} [{entity['start']}:{entity['end']}]"
+        )
 
 
 def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
@@ -155,13 +202,17 @@ def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
         text = " ".join(words)
         result = ner(words, image=str(path), is_split_into_words=True, return_visual_context=True)
         show(f"real tweet image {path.name}", text, result)
-        items.append(ReportItem(f"Twitter-2015 image {path.name}", text, result["entities"], result["visual_context"], path))
+        items.append(
+            ReportItem(f"Twitter-2015 image {path.name}", text, result["entities"], result["visual_context"], path)
+        )
     sign = render_sign(OUTPUT / "rendered-sign.png")
     with_image = ner(SIGN_TWEET, image=str(sign), return_visual_context=True)
     without = ner(SIGN_TWEET, return_visual_context=True)
     show("rendered sign (OCR reads it)", SIGN_TWEET, with_image)
     show("same tweet without the image", SIGN_TWEET, without)
-    items.append(ReportItem("rendered sign: OCR context", SIGN_TWEET, with_image["entities"], with_image["visual_context"], sign))
+    items.append(
+        ReportItem("rendered sign: OCR context", SIGN_TWEET, with_image["entities"], with_image["visual_context"], sign)
+    )
     items.append(ReportItem("same tweet, no image", SIGN_TWEET, without["entities"]))
     text_only = ner(TEXT_ONLY_TWEET, return_visual_context=True)
     show("a tweet without an image", TEXT_ONLY_TWEET, text_only)
@@ -186,7 +237,9 @@ def compare_onnx(model_dir: Path, items: list[ReportItem], shards: Path) -> str:
     torch_model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=True)
     pipes = {
         "PyTorch": MultimodalNERPipeline(model=torch_model, tokenizer=tokenizer, aligners=[]),
-        "ONNX Runtime": MultimodalNERPipeline(model=ORTModelForITA.from_pretrained(onnx_dir), tokenizer=tokenizer, aligners=[]),
+        "ONNX Runtime": MultimodalNERPipeline(
+            model=ORTModelForITA.from_pretrained(onnx_dir), tokenizer=tokenizer, aligners=[]
+        ),
     }
     test = load_from_disk(str(shards))["test"].select(range(ONNX_SPEED_TWEETS))
     inputs = [{"text": item.text, "visual_context": item.visual_context} for item in items]
@@ -202,17 +255,32 @@ def compare_onnx(model_dir: Path, items: list[ReportItem], shards: Path) -> str:
         for a, b in zip(outputs["PyTorch"], outputs["ONNX Runtime"])
     )
     score_gap = max(
-        (abs(x["score"] - y["score"]) for a, b in zip(outputs["PyTorch"], outputs["ONNX Runtime"]) for x, y in zip(a, b)),
+        (
+            abs(x["score"] - y["score"])
+            for a, b in zip(outputs["PyTorch"], outputs["ONNX Runtime"])
+            for x, y in zip(a, b)
+        ),
         default=0.0,
     )
     ratio = seconds["PyTorch"] / seconds["ONNX Runtime"]
-    summary = (f"ONNX Runtime vs PyTorch on {len(inputs)} tweets at batch 1: identical entities for {same}/{len(inputs)}, "
-               f"max |Δ score| {score_gap:.1e}, {ratio:.2f}× the speed "
-               f"({len(inputs) / seconds['ONNX Runtime']:.1f} vs {len(inputs) / seconds['PyTorch']:.1f} tweets/s)")
+    summary = (
+        f"ONNX Runtime vs PyTorch on {len(inputs)} tweets at batch 1: identical entities for {same}/{len(inputs)}, "
+        f"max |Δ score| {score_gap:.1e}, {ratio:.2f}× the speed "
+        f"({len(inputs) / seconds['ONNX Runtime']:.1f} vs {len(inputs) / seconds['PyTorch']:.1f} tweets/s)"
+    )
     print("      " + summary)
-    (OUTPUT / "onnx-comparison.json").write_text(json.dumps(
-        {"tweets": len(inputs), "identical_entities": same, "max_score_gap": score_gap, "speed_ratio": ratio,
-         "seconds": seconds}, indent=2))
+    (OUTPUT / "onnx-comparison.json").write_text(
+        json.dumps(
+            {
+                "tweets": len(inputs),
+                "identical_entities": same,
+                "max_score_gap": score_gap,
+                "speed_ratio": ratio,
+                "seconds": seconds,
+            },
+            indent=2,
+        )
+    )
     return summary
 
 

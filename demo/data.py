@@ -7,8 +7,10 @@ from pathlib import Path
 
 # The public releases the shared data came from (see ../shared/README.md). Both repositories are tried on
 # their usual default branches because the demo cannot know which one a repository uses.
-UMT_FILES = {f"twitter2017/{split}.txt": "jefferyYu/UMT/{branch}/data/twitter2017/" + f"{split}.txt"
-             for split in ("train", "valid", "test")}
+UMT_FILES = {
+    f"twitter2017/{split}.txt": "jefferyYu/UMT/{branch}/data/twitter2017/" + f"{split}.txt"
+    for split in ("train", "valid", "test")
+}
 CAPTION_FILES = {"captions/blip2/BLIP2_17.txt": "JinYuanLi0012/PGIM/{branch}/data/ImageCaption/BLIP2_17.txt"}
 RAW_BASE = "https://raw.githubusercontent.com/"
 BRANCHES = ("main", "master")

@@ -61,7 +61,7 @@ def highlight(text: str, entities: list[dict]) -> str:
         pieces.append(
             f'<span class="entity" data-type="{html.escape(entity_type)}" data-score="{entity["score"]:.3f}" '
             f'style="background:{colour(entity_type)}" title="{entity_type} {entity["score"]:.2f}">'
-            f'{html.escape(text[entity["start"]:entity["end"]])}<span class="type">{html.escape(entity_type)}</span></span>'
+            f'{html.escape(text[entity["start"] : entity["end"]])}<span class="type">{html.escape(entity_type)}</span></span>'
         )
         cursor = entity["end"]
     pieces.append(html.escape(text[cursor:]))

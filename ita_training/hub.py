@@ -2,10 +2,9 @@
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from huggingface_hub import HfApi
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,7 +25,7 @@ class IncompleteHubFolderError(ValueError):
     """The output folder lacks something a user of the Hub repository needs."""
 
 
-def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Union[str, Path]) -> None:
+def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     """Saves weights (safetensors), config with `auto_map`, the remote-code files and the tokenizer to `folder`.
 
     A `trainer_state.json` already in `folder` (from `Trainer.save_state`) gets its paths made relative to
@@ -40,12 +39,15 @@ def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     tokenizer.save_pretrained(folder)
     make_trainer_state_portable(folder)
     if PIPELINE_TASK not in (getattr(model.config, "custom_pipelines", None) or {}):
-        logger.warning("The model config has no custom_pipelines entry for %r: %s opens with "
-                       "AutoModelForTokenClassification but not with pipeline(model=..., trust_remote_code=True).",
-                       PIPELINE_TASK, folder)
+        logger.warning(
+            "The model config has no custom_pipelines entry for %r: %s opens with "
+            "AutoModelForTokenClassification but not with pipeline(model=..., trust_remote_code=True).",
+            PIPELINE_TASK,
+            folder,
+        )
 
 
-def make_trainer_state_portable(folder: Union[str, Path]) -> None:
+def make_trainer_state_portable(folder: str | Path) -> None:
     """Rewrites the paths inside `folder` that `<folder>/trainer_state.json` holds relative to `folder`.
 
     `Trainer` records `best_model_checkpoint` as `<output_dir>/checkpoint-N`, i.e. a path of the machine
@@ -75,7 +77,7 @@ def make_trainer_state_portable(folder: Union[str, Path]) -> None:
     path.write_text(json.dumps(relative(state), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def machine_paths(folder: Union[str, Path], files: list[str]) -> list[str]:
+def machine_paths(folder: str | Path, files: list[str]) -> list[str]:
     """The paths of this machine that the JSON and Markdown `files` of `folder` hold, as `file: path`.
 
     A path of this machine is an absolute path that exists here or lies in an installed-packages folder:
@@ -109,7 +111,7 @@ def machine_paths(folder: Union[str, Path], files: list[str]) -> list[str]:
     return found
 
 
-def check_hub_folder(folder: Union[str, Path]) -> list[str]:
+def check_hub_folder(folder: str | Path) -> list[str]:
     """Checks that `folder` is a complete ITA model repository and lists the files to upload.
 
     Complete means: `config.json` with `auto_map` (and every remote-code file it names, with their sibling
@@ -157,22 +159,25 @@ def check_hub_folder(folder: Union[str, Path]) -> list[str]:
         problems.append("README.md (the model card) is missing")
     ignored = [path for pattern in IGNORE_PATTERNS for path in folder.glob(pattern)]
     files = sorted(
-        str(path.relative_to(folder)) for path in folder.rglob("*")
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
         if path.is_file() and not any(path == i or i in path.parents for i in ignored)
     )
     leaked = machine_paths(folder, files)
     if leaked:
-        problems.append("files hold paths of this machine, which point nowhere on the Hub (record file names "
-                        "relative to the folder instead): " + ", ".join(leaked))
+        problems.append(
+            "files hold paths of this machine, which point nowhere on the Hub (record file names "
+            "relative to the folder instead): " + ", ".join(leaked)
+        )
     if problems:
         raise IncompleteHubFolderError(f"{folder} is not a complete Hub repository: " + "; ".join(problems))
     return files
 
 
 def push_folder(
-    folder: Union[str, Path],
+    folder: str | Path,
     repo_id: str,
-    token: Optional[str] = None,
+    token: str | None = None,
     private: bool = False,
     commit_message: str = "Upload ITA model",
 ) -> str:
@@ -188,7 +193,10 @@ def push_folder(
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     logger.info("Uploading %d files from %s to %s", len(files), folder, repo_id)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        commit_message=commit_message,
         ignore_patterns=IGNORE_PATTERNS,
     )
     return str(getattr(commit, "commit_url", commit))

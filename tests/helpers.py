@@ -34,11 +34,20 @@ def save_tiny_captioner(folder: Path, tokenizer_dir: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    encoder = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                        image_size=32, patch_size=16)
-    decoder = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=tokenizer.vocab_size, n_positions=64,
-                         add_cross_attention=True, is_decoder=True, bos_token_id=tokenizer.cls_token_id,
-                         eos_token_id=tokenizer.sep_token_id)
+    encoder = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=16
+    )
+    decoder = GPT2Config(
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        vocab_size=tokenizer.vocab_size,
+        n_positions=64,
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     config.decoder_start_token_id = tokenizer.cls_token_id
     config.pad_token_id = tokenizer.pad_token_id
@@ -81,9 +90,17 @@ def tiny_ita_model(tokenizer, seed: int = 0, labels: list[str] | None = None, **
     from modeling_ita import ITAForTokenClassification
 
     torch.manual_seed(seed)
-    encoder = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=512)
-    config = ITAConfig(encoder_config=encoder, labels=labels or ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], **config_kwargs)
+    encoder = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=512,
+    )
+    config = ITAConfig(
+        encoder_config=encoder, labels=labels or ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], **config_kwargs
+    )
     model = ITAForTokenClassification(config).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(100.0)

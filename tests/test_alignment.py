@@ -74,16 +74,30 @@ def test_builder_caps_words_and_skips_empty_segments():
 
 
 def test_builder_from_config_is_the_training_builder_and_its_settings_are_checked():
-    config = ITAConfig(context_order=["ocr", "caption"], context_separator=" ; ", context_max_words_per_segment=2,
-                       context_max_words=3, context_piece_separators={"ocr": " / "})
+    config = ITAConfig(
+        context_order=["ocr", "caption"],
+        context_separator=" ; ",
+        context_max_words_per_segment=2,
+        context_max_words=3,
+        context_piece_separators={"ocr": " / "},
+    )
     builder = VisualContextBuilder.from_config(config)
-    assert builder.to_dict() == {"order": ["ocr", "caption"], "separator": " ; ", "max_words_per_segment": 2,
-                                 "max_words": 3, "piece_separators": {"ocr": " / "}}
+    assert builder.to_dict() == {
+        "order": ["ocr", "caption"],
+        "separator": " ; ",
+        "max_words_per_segment": 2,
+        "max_words": 3,
+        "piece_separators": {"ocr": " / "},
+    }
     # "SALE / NOW ON" → 2 words per segment → "SALE /"; 3 words in all leave the caption one: "a".
     assert builder.build({"ocr": ["SALE", "NOW ON"], "caption": "a man running"}) == ("SALE / ; a", ["ocr", "caption"])
     assert VisualContextBuilder.from_config(ITAConfig()).to_dict() == VisualContextBuilder().to_dict()
-    for settings, message in [({"max_words": -1}, "max_words"), ({"max_words_per_segment": True}, "max_words_per_segment"),
-                              ({"piece_separators": {"objects": 1}}, "piece separators"), ({"order": "caption"}, "list")]:
+    for settings, message in [
+        ({"max_words": -1}, "max_words"),
+        ({"max_words_per_segment": True}, "max_words_per_segment"),
+        ({"piece_separators": {"objects": 1}}, "piece separators"),
+        ({"order": "caption"}, "list"),
+    ]:
         with pytest.raises(ValueError, match=message):
             VisualContextBuilder(**settings)
 
@@ -108,7 +122,9 @@ def test_jsonl_contexts_and_format_errors(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     aligner = PrecomputedAligner(path)
-    assert aligner.align([None], ["7"]) == [{"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"]}]
+    assert aligner.align([None], ["7"]) == [
+        {"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"]}
+    ]
     path.write_text('{"image_id": "1", "caption": "ok"}\n{"caption": "no id"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{path}:2: .*image_id"):
         PrecomputedAligner(path)
@@ -123,14 +139,22 @@ def test_precomputed_spec_records_name_checksum_and_source_and_round_trips(tmp_p
     path.write_text("5.jpg :a cat\n", encoding="utf-8")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = PrecomputedAligner(path).to_dict()
-    assert spec == {"type": "precomputed", "precomputed": True, "format": "auto",
-                    "files": [{"name": "c.txt", "sha256": digest, "source": "precomputed file c.txt"}]}
+    assert spec == {
+        "type": "precomputed",
+        "precomputed": True,
+        "format": "auto",
+        "files": [{"name": "c.txt", "sha256": digest, "source": "precomputed file c.txt"}],
+    }
     stated = PrecomputedAligner(str(path), source="BLIP-2 captions, PGIM release").to_dict()
     assert stated["files"][0]["source"] == "BLIP-2 captions, PGIM release"
     assert spec_is_precomputed(spec) and not spec_is_precomputed({"type": "rapidocr"})
     # A spec names no path: it is rebuilt only from a folder that holds a file of that name and checksum.
     rebuilt = aligner_from_dict(json.loads(json.dumps(spec)), context_dirs=[tmp_path])
-    assert rebuilt.to_dict() == spec and rebuilt("5.jpg", image_id="5") == {"caption": ["a cat"], "objects": [], "ocr": []}
+    assert rebuilt.to_dict() == spec and rebuilt("5.jpg", image_id="5") == {
+        "caption": ["a cat"],
+        "objects": [],
+        "ocr": [],
+    }
     assert rebuilt.knows("5.jpg") and not rebuilt.knows("6")
     with pytest.raises(FileNotFoundError, match="'c.txt'.* is not in any folder"):
         aligner_from_dict(spec)
@@ -232,8 +256,14 @@ def tiny_detector(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = YolosConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=[64, 64],
-        patch_size=16, num_detection_tokens=12, id2label=dict(enumerate(LABELS)),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=[64, 64],
+        patch_size=16,
+        num_detection_tokens=12,
+        id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
     )
     model = YolosForObjectDetection(config).eval()
@@ -338,32 +368,77 @@ def tiny_florence2(tmp_path_factory) -> Path:
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    corpus = ["What does the image describe?", "Locate the objects with category name in the image.",
-              "What is the text in the image?", "a dog on the grass", "a man in a black shirt"] * 5
-    backend.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    corpus = [
+        "What does the image describe?",
+        "Locate the objects with category name in the image.",
+        "What is the text in the image?",
+        "a dog on the grass",
+        "a man in a black shirt",
+    ] * 5
+    backend.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
     tokenizer = BartTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", extra_special_tokens={"image_token": "<image>"})
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)] + ["<od>", "</od>", "<ocr>", "</ocr>"])
     # 32x32 pixels → DaViT stages of stride 4 and 2 → 4x4 = 16 patch tokens + 1 pooled token.
     image_processor = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False, image_seq_length=17)
-    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                   post_processor_config={"pure_text": {}, "description_with_bboxes": {}})
-    vision = Florence2VisionConfig(depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
-                                   patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 2),
-                                   num_groups=(2, 2), window_size=2, projection_dim=32, max_position_embeddings=8)
-    text = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
-                      max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id, bos_token_id=0,
-                      eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0)
+    processor = Florence2Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        post_processor_config={"pure_text": {}, "description_with_bboxes": {}},
+    )
+    vision = Florence2VisionConfig(
+        depths=(1, 1),
+        patch_size=(7, 3),
+        patch_stride=(4, 2),
+        patch_padding=(3, 1),
+        patch_prenorm=(False, True),
+        embed_dim=(16, 32),
+        num_heads=(2, 2),
+        num_groups=(2, 2),
+        window_size=2,
+        projection_dim=32,
+        max_position_embeddings=8,
+    )
+    text = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=0,
+    )
     torch.manual_seed(0)
     model = Florence2ForConditionalGeneration(
-        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)).eval()
+        Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
+    ).eval()
     (dog,) = tokenizer(" dog", add_special_tokens=False).input_ids
     with torch.no_grad():
         norm = model.model.language_model.decoder.layers[-1].final_layer_norm
@@ -415,8 +490,13 @@ def test_precomputed_paths_compare_equal_however_they_are_spelled(tmp_path, monk
     spellings = [str(captions), str(tmp_path / "link" / "captions.txt"), "real/captions.txt", captions]
     specs = [alignment_ita.normalize_spec({"type": "precomputed", "paths": [p]}) for p in spellings]
     assert all(spec == specs[0] for spec in specs)
-    assert specs[0]["files"] == [{"name": "captions.txt", "sha256": hashlib.sha256(b"1.jpg :a dog\n").hexdigest(),
-                                  "source": "precomputed file captions.txt"}]
+    assert specs[0]["files"] == [
+        {
+            "name": "captions.txt",
+            "sha256": hashlib.sha256(b"1.jpg :a dog\n").hexdigest(),
+            "source": "precomputed file captions.txt",
+        }
+    ]
     assert PrecomputedAligner("link/captions.txt").to_dict() == specs[0]
     # The same bytes changed are another setting.
     captions.write_text("1.jpg :a cat\n")
@@ -426,7 +506,10 @@ def test_precomputed_paths_compare_equal_however_they_are_spelled(tmp_path, monk
 def test_spec_settings_are_checked_strictly(tmp_path):
     (tmp_path / "c.txt").write_text("1.jpg :a dog\n")
     for bad, message in [
-        ({"type": "precomputed", "path": str(tmp_path / "c.txt")}, r"invalid settings for aligner 'precomputed': \['path'\]"),
+        (
+            {"type": "precomputed", "path": str(tmp_path / "c.txt")},
+            r"invalid settings for aligner 'precomputed': \['path'\]",
+        ),
         ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "colour": "red"}, "invalid settings"),
         ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "format": "csv"}, "format"),
         ({"type": "precomputed", "files": [{"name": "c.txt"}]}, "is recorded as"),

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import tiny_encoder_config
 
 from configuration_ita import DEFAULT_LABELS, ITAConfig
-from conftest import tiny_encoder_config
 
 T15_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
 
@@ -56,9 +56,18 @@ def test_defaults_and_label_maps():
 def test_save_load_round_trip_is_unchanged(tmp_path, kind):
     encoder = tiny_encoder_config(kind, vocab_size=99)
     config = ITAConfig(
-        encoder_config=encoder, labels=T15_LABELS, cva_temperature=4.0, cva_weight=0.3, cva_kl_on="emission_softmax",
-        word_dropout=0.2, crf_bio_constraints=False, context_order=["ocr", "caption"], context_separator=" ; ",
-        max_context_tokens=32, context_max_words=20, context_piece_separators={"objects": " ; "},
+        encoder_config=encoder,
+        labels=T15_LABELS,
+        cva_temperature=4.0,
+        cva_weight=0.3,
+        cva_kl_on="emission_softmax",
+        word_dropout=0.2,
+        crf_bio_constraints=False,
+        context_order=["ocr", "caption"],
+        context_separator=" ; ",
+        max_context_tokens=32,
+        context_max_words=20,
+        context_piece_separators={"objects": " ; "},
         aligners=[{"type": "precomputed", "files": [{"name": "BLIP2_15.txt", "sha256": "0" * 64, "source": "BLIP-2"}]}],
     )
     assert (config.hidden_size, config.vocab_size, config.max_position_embeddings) == (32, 99, 128)

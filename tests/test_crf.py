@@ -86,7 +86,9 @@ def test_marginals_match_enumeration(lengths, num_tags):
         torch.testing.assert_close(marginals[b, :length].sum(-1), torch.ones(length, dtype=torch.double))
         assert torch.all(marginals[b, length:] == 0)
     scores = [p.detach().numpy() for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
-    np.testing.assert_allclose(marginals_numpy(emissions.numpy(), mask.numpy(), *scores), marginals.detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        marginals_numpy(emissions.numpy(), mask.numpy(), *scores), marginals.detach().numpy(), atol=1e-10
+    )
     # A padding column past the longest sentence, and an empty sentence, stay at exactly 0.
     wider = torch.cat([emissions, emissions[:, :1]], dim=1)
     wider_mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
@@ -108,7 +110,9 @@ def test_viterbi_is_the_best_enumerated_path_in_torch_and_numpy(lengths, num_tag
         assert tuple(tags[b, :length].tolist()) == paths[int(scores.argmax())]
         torch.testing.assert_close(best[b], scores.max())
         assert torch.all(tags[b, length:] == PAD_TAG)
-    parameters = crf.decoding_parameters() if constrained else (crf.transitions, crf.start_transitions, crf.end_transitions)
+    parameters = (
+        crf.decoding_parameters() if constrained else (crf.transitions, crf.start_transitions, crf.end_transitions)
+    )
     numpy_tags = viterbi_decode_numpy(emissions.numpy(), mask.numpy(), *(p.detach().numpy() for p in parameters))
     np.testing.assert_array_equal(numpy_tags, tags.numpy())
     wider = torch.cat([emissions, emissions[:, :1]], dim=1).numpy()
@@ -140,7 +144,9 @@ def test_constrained_viterbi_never_emits_invalid_bio():
     decode = lambda row, n: [LABELS[t] for t in row[:n].tolist()]  # noqa: E731
     assert not all(is_valid_bio(decode(u, int(n))) for u, n in zip(unconstrained, lengths)), "test is too easy"
     assert all(is_valid_bio(decode(c, int(n))) for c, n in zip(constrained, lengths))
-    numpy_tags = viterbi_decode_numpy(emissions.numpy(), mask.numpy(), *(p.detach().numpy() for p in crf.decoding_parameters()))
+    numpy_tags = viterbi_decode_numpy(
+        emissions.numpy(), mask.numpy(), *(p.detach().numpy() for p in crf.decoding_parameters())
+    )
     np.testing.assert_array_equal(numpy_tags, constrained.numpy())
 
 

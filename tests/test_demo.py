@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.onnx  # the demo exports and runs the ONNX model
@@ -17,21 +16,31 @@ def run_demo(cwd, output, timeout, **env):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "DEMO_OUTPUT": str(output), **env}
     environment.pop("DATA_DIR", None) if "DATA_DIR" not in env else None
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "demo"], cwd=cwd, env=environment, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo"], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
     return result, time.perf_counter() - started
 
 
 def test_without_data_or_network_it_fails_in_seconds_saying_what_to_put_where(tmp_path):
     # A copy of the checkout with no ../shared beside it, and every download refused at once by a dead proxy.
     clone = tmp_path / "fresh" / "main"
-    files = subprocess.run(["git", "ls-files", "demo"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "demo"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / name, clone / name)
     dead_proxy = "http://127.0.0.1:9"
-    result, seconds = run_demo(clone, tmp_path / "out", 120, HTTPS_PROXY=dead_proxy, HTTP_PROXY=dead_proxy,
-                               https_proxy=dead_proxy, http_proxy=dead_proxy)
+    result, seconds = run_demo(
+        clone,
+        tmp_path / "out",
+        120,
+        HTTPS_PROXY=dead_proxy,
+        HTTP_PROXY=dead_proxy,
+        https_proxy=dead_proxy,
+        http_proxy=dead_proxy,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert seconds < 30
     assert "Traceback" not in result.stderr
@@ -55,8 +64,16 @@ def test_a_tiny_demo_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, shared
     assert "transformers_modules." in first.stdout and "MultimodalNERPipeline" in first.stdout
     assert "context: GOLDEN STATE WARRIORS" in first.stdout, "OCR did not read the rendered sign"
     assert "identical entities for" in first.stdout
-    for produced in ("shards/twitter2017-blip2/dataset_dict.json", "model/model.safetensors", "model/pipeline_ita.py",
-                     "model/README.md", "onnx/model.onnx", "onnx/crf.safetensors", "report.html", "onnx-comparison.json"):
+    for produced in (
+        "shards/twitter2017-blip2/dataset_dict.json",
+        "model/model.safetensors",
+        "model/pipeline_ita.py",
+        "model/README.md",
+        "onnx/model.onnx",
+        "onnx/crf.safetensors",
+        "report.html",
+        "onnx-comparison.json",
+    ):
         assert (output / produced).is_file(), produced
     report = (output / "report.html").read_text()
     assert report.count('class="card"') == len(list((shared_data / "images" / "twitter2015").glob("*.jpg"))) + 3

@@ -8,8 +8,15 @@ import pytest
 from demo.report import ReportItem, highlight, write_report
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
 ]
 
 TEXT = "RT @nba : Kawhi Leonard 🏀 meets Kawhi fans in San Antonio <3 https://t.co/x"
@@ -28,7 +35,7 @@ ENTITIES = [entity(TEXT, "Kawhi Leonard", "PER"), entity(TEXT, "Kawhi", "PER", 1
 def test_highlight_wraps_exactly_the_offsets_and_escapes_html():
     page = highlight(TEXT, ENTITIES)
     assert page.count('class="entity"') == 3
-    assert "&lt;3" in page and "<3" not in page.replace('<span', '').replace('</span', '')
+    assert "&lt;3" in page and "<3" not in page.replace("<span", "").replace("</span", "")
     assert '>Kawhi Leonard<span class="type">PER</span></span> 🏀 meets ' in page
     with pytest.raises(ValueError, match="overlapping"):
         highlight(TEXT, ENTITIES + [entity(TEXT, "Leonard", "PER")])
@@ -48,9 +55,16 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, shared_data):
     images = sorted((shared_data / "images" / "twitter2015").glob("*.jpg"))[:2]
     items = [
         ReportItem("with image", TEXT, ENTITIES, "a basketball player on a court | OCR: SPURS", images[0]),
-        ReportItem("PNG data behind .jpg", "Visiting New York today", [entity("Visiting New York today", "New York", "LOC")],
-                   "a city street", images[1]),
-        ReportItem("text only", "No image here, Barack Obama", [entity("No image here, Barack Obama", "Barack Obama", "PER")]),
+        ReportItem(
+            "PNG data behind .jpg",
+            "Visiting New York today",
+            [entity("Visiting New York today", "New York", "LOC")],
+            "a city street",
+            images[1],
+        ),
+        ReportItem(
+            "text only", "No image here, Barack Obama", [entity("No image here, Barack Obama", "Barack Obama", "PER")]
+        ),
     ]
     page = write_report(items, tmp_path / "report.html", "3 tweets")
     profile = tmp_path / "profile"
@@ -58,12 +72,21 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, shared_data):
     dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr
     assert dom.stdout.count('class="entity"') == 5
-    for word, entity_type in (("Kawhi Leonard", "PER"), ("San Antonio", "LOC"), ("New York", "LOC"), ("Barack Obama", "PER")):
+    for word, entity_type in (
+        ("Kawhi Leonard", "PER"),
+        ("San Antonio", "LOC"),
+        ("New York", "LOC"),
+        ("Barack Obama", "PER"),
+    ):
         assert f'data-type="{entity_type}"' in dom.stdout and f">{word}<" in dom.stdout
     assert dom.stdout.count("<img") == 2 and "no image" in dom.stdout
     shot = tmp_path / "shot.png"
-    result = subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and shot.is_file(), result.stderr
     picture = Image.open(shot).convert("RGB")
     colours = picture.getcolors(maxcolors=1 << 20)

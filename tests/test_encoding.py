@@ -43,7 +43,9 @@ def test_context_is_truncated_never_the_tweet(tokenizer):
     assert len(example["input_ids"]) == len(example["text_input_ids"]) + extra + 10
     # Limited by the encoder rather than by the budget: the context shrinks, the words all stay.
     text_length = len(example["text_input_ids"])
-    example = encode_example(tokenizer, WORDS, long_context, max_context_tokens=1000, max_length=text_length + extra + 3)
+    example = encode_example(
+        tokenizer, WORDS, long_context, max_context_tokens=1000, max_length=text_length + extra + 3
+    )
     assert len(example["input_ids"]) == text_length + extra + 3
     assert len(example["word_index"]) == len(WORDS)
 
@@ -81,7 +83,7 @@ def test_pad_batch_pads_each_field_with_its_own_value(minilm_tokenizer):
     batch = pad_batch([a, b], minilm_tokenizer.pad_token_id)
     width = len(a["input_ids"])
     assert batch["input_ids"].shape == (2, width)
-    assert batch["input_ids"][1, len(b["input_ids"]):].eq(minilm_tokenizer.pad_token_id).all()
+    assert batch["input_ids"][1, len(b["input_ids"]) :].eq(minilm_tokenizer.pad_token_id).all()
     assert batch["attention_mask"][1].sum() == len(b["input_ids"])
     assert batch["word_index"][1].tolist() == [b["word_index"][0]] + [-1] * 5
     assert batch["text_word_index"][1].tolist() == [b["text_word_index"][0]] + [-1] * 5

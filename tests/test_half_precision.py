@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForTokenClassification, pipeline
-
 from conftest import TWEETS
 from test_pipeline import tiny_model
+from transformers import AutoModelForTokenClassification, pipeline
 
 HALF = [torch.bfloat16, torch.float16]
 

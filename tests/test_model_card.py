@@ -13,6 +13,7 @@ import pytest
 import yaml
 from datasets import Dataset
 from huggingface_hub import ModelCard
+from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
 
 import train
 from configuration_ita import ITAConfig
@@ -24,13 +25,16 @@ from ita_training.model_card import (
     encoder_hub_id,
     write_model_card,
 )
-from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 # A precomputed spec records its files by name, checksum and what produced them.
-CAPTIONS = {"type": "precomputed", "precomputed": True, "format": "auto",
-            "files": [{"name": "BLIP2_17.txt", "sha256": "9f2c" * 16, "source": "BLIP-2 captions, PGIM release"}]}
+CAPTIONS = {
+    "type": "precomputed",
+    "precomputed": True,
+    "format": "auto",
+    "files": [{"name": "BLIP2_17.txt", "sha256": "9f2c" * 16, "source": "BLIP-2 captions, PGIM release"}],
+}
 # Other aligner types take any settings, a local model folder among them.
 OCR = {"type": "rapidocr", "precomputed": False, "min_score": 0.5, "model_dir": "/opt/models/rapidocr-v4"}
 SOURCES = ContextSources(tweets=3373, with_context=3301, segments={"caption": 3301})
@@ -40,30 +44,65 @@ def metrics(prefix: str, with_context: float, text_only: float) -> dict:
     result = {}
     for mode, f1 in (("with_context", with_context), ("text_only", text_only)):
         key = f"{prefix}_{mode}_"
-        result.update({key + "precision": f1 + 0.01, key + "recall": f1 - 0.01, key + "f1": f1,
-                       key + "strict_f1": f1 - 0.02, key + "number": 1351})
+        result.update(
+            {
+                key + "precision": f1 + 0.01,
+                key + "recall": f1 - 0.01,
+                key + "f1": f1,
+                key + "strict_f1": f1 - 0.02,
+                key + "number": 1351,
+            }
+        )
         for i, entity in enumerate(("LOC", "MISC", "ORG", "PER")):
-            result.update({f"{key}{entity}_precision": 0.5, f"{key}{entity}_recall": 0.5,
-                           f"{key}{entity}_f1": 0.6 + i / 10, f"{key}{entity}_number": 100})
+            result.update(
+                {
+                    f"{key}{entity}_precision": 0.5,
+                    f"{key}{entity}_recall": 0.5,
+                    f"{key}{entity}_f1": 0.6 + i / 10,
+                    f"{key}{entity}_number": 100,
+                }
+            )
     result[f"{prefix}_mean_f1"] = (with_context + text_only) / 2
     return result
 
 
-def render(folder: Path, encoder: str = "xlm-roberta-large", context_sources: ContextSources = SOURCES,
-           aligners: tuple = (CAPTIONS, OCR), live_aligners: tuple = ()) -> str:
-    config = ITAConfig(labels=LABELS, cva_temperature=2.0, cva_weight=0.5, max_context_tokens=64, aligners=list(aligners),
-                       live_aligners=list(live_aligners))
+def render(
+    folder: Path,
+    encoder: str = "xlm-roberta-large",
+    context_sources: ContextSources = SOURCES,
+    aligners: tuple = (CAPTIONS, OCR),
+    live_aligners: tuple = (),
+) -> str:
+    config = ITAConfig(
+        labels=LABELS,
+        cva_temperature=2.0,
+        cva_weight=0.5,
+        max_context_tokens=64,
+        aligners=list(aligners),
+        live_aligners=list(live_aligners),
+    )
 
     def no_network(*args, **kwargs):
         raise AssertionError("rendering the model card tried to open a network connection")
 
     with mock.patch.object(socket.socket, "connect", no_network):
         path = write_model_card(
-            folder, config=config, encoder=encoder, dataset_name="twitter2017-blip2",
-            dataset_sizes={"train": 3373, "validation": 723, "test": 723}, context_sources=context_sources,
-            hyperparameters={"learning_rate": 5e-6, "crf_learning_rate": 0.05, "training_steps": 8433,
-                             "epochs_trained": 10.0, "cva": True, "seed": 42},
-            eval_metrics=metrics("eval", 0.8812, 0.8733), test_metrics=metrics("test", 0.8975, 0.8911),
+            folder,
+            config=config,
+            encoder=encoder,
+            dataset_name="twitter2017-blip2",
+            dataset_sizes={"train": 3373, "validation": 723, "test": 723},
+            context_sources=context_sources,
+            hyperparameters={
+                "learning_rate": 5e-6,
+                "crf_learning_rate": 0.05,
+                "training_steps": 8433,
+                "epochs_trained": 10.0,
+                "cva": True,
+                "seed": 42,
+            },
+            eval_metrics=metrics("eval", 0.8812, 0.8733),
+            test_metrics=metrics("test", 0.8975, 0.8911),
             model_id="me/ita-t17",
         )
     return path.read_text(encoding="utf-8")
@@ -87,7 +126,10 @@ def test_metadata_has_a_model_index_for_both_inference_modes(card):
     assert found[("twitter2017-blip2 (with visual context)", "f1")] == pytest.approx(0.8975)
     assert found[("twitter2017-blip2 (text only)", "f1")] == pytest.approx(0.8911)
     assert found[("twitter2017-blip2 (text only)", "precision")] == pytest.approx(0.9011)
-    assert [(r["dataset"]["config"], r["dataset"]["split"]) for r in entry["results"]] == [("with_context", "test"), ("text_only", "test")]
+    assert [(r["dataset"]["config"], r["dataset"]["split"]) for r in entry["results"]] == [
+        ("with_context", "test"),
+        ("text_only", "test"),
+    ]
     # huggingface_hub reads it back as the same card data.
     assert ModelCard(card).data.eval_results[0].metric_value == pytest.approx(0.8975)
 
@@ -101,8 +143,10 @@ def test_metadata_has_a_widget_example(card):
 def test_body_lists_labels_context_sources_and_hyperparameters(card):
     assert "# ITA on twitter2017-blip2" in card
     assert "`B-PER`" in card and "`I-MISC`" in card and "LOC, MISC, ORG, PER" in card
-    assert ("3301 of 3373 training tweets had one, built from caption (3301 tweets); segment order "
-            "caption → objects → ocr, joined with ` | `") in card
+    assert (
+        "3301 of 3373 training tweets had one, built from caption (3301 tweets); segment order "
+        "caption → objects → ocr, joined with ` | `"
+    ) in card
     assert "on, T = 2.0, λ = 0.5" in card
     assert "| crf_learning_rate | `0.05` |" in card and "| training_steps | `8433` |" in card
     assert "train 3373, validation 723, test 723 tweets" in card
@@ -111,14 +155,19 @@ def test_body_lists_labels_context_sources_and_hyperparameters(card):
 
 def test_aligner_specs_are_rendered_without_absolute_paths(card, tmp_path):
     # Every key a spec has is shown; an absolute path only by its file name.
-    assert ('`precomputed` (precomputed, looked up by image id); format: `auto`; files: `[{"name": "BLIP2_17.txt", '
-            '"sha256": "' + "9f2c" * 16 + '", "source": "BLIP-2 captions, PGIM release"}]`') in card
+    assert (
+        '`precomputed` (precomputed, looked up by image id); format: `auto`; files: `[{"name": "BLIP2_17.txt", '
+        '"sha256": "' + "9f2c" * 16 + '", "source": "BLIP-2 captions, PGIM release"}]`'
+    ) in card
     assert "`rapidocr`; min_score: `0.5`; model_dir: `rapidocr-v4`" in card and "/opt/models" not in card
     assert "no aligner of its own for new images" not in card  # the OCR aligner reads new images
     precomputed_only = render(tmp_path, aligners=(CAPTIONS,))
     assert "no aligner of its own for new images" in precomputed_only
-    live = render(tmp_path, aligners=(CAPTIONS,), live_aligners=(
-        {"type": "image-to-text", "model": "Salesforce/blip-image-captioning-base"},))
+    live = render(
+        tmp_path,
+        aligners=(CAPTIONS,),
+        live_aligners=({"type": "image-to-text", "model": "Salesforce/blip-image-captioning-base"},),
+    )
     assert "**Live aligners for new images**" in live and "no aligner of its own for new images" not in live
     assert "`image-to-text`; model: `Salesforce/blip-image-captioning-base`" in live
 
@@ -182,14 +231,24 @@ def test_context_sources_are_counted_on_the_data(tmp_path):
     counted = count_context_sources(train_split, ["caption", "objects", "ocr"])
     assert counted == ContextSources(tweets=len(TWEETS), with_context=CAPTIONED, segments={"caption": CAPTIONED})
     # Without the `context_sources` column the segment columns of tweets with a context count.
-    rows = {"visual_context": ["a cat | SALE", "", "SALE", "a dog"], "caption": [["a cat"], ["a hat"], [], ["a dog"]],
-            "objects": [[], [], [], []], "ocr": [["SALE"], [], ["SALE"], []]}
+    rows = {
+        "visual_context": ["a cat | SALE", "", "SALE", "a dog"],
+        "caption": [["a cat"], ["a hat"], [], ["a dog"]],
+        "objects": [[], [], [], []],
+        "ocr": [["SALE"], [], ["SALE"], []],
+    }
     assert count_context_sources(Dataset.from_dict(rows), ["caption", "objects", "ocr"]) == ContextSources(
-        tweets=4, with_context=3, segments={"caption": 2, "ocr": 2})
+        tweets=4, with_context=3, segments={"caption": 2, "ocr": 2}
+    )
     # Several aligners of one segment count the tweet once; the order is the context order.
-    rows = {"visual_context": ["x", "y"], "context_sources": [["ocr:rapidocr", "caption:blip2", "caption:precomputed"],
-                                                              ["caption:blip2"]]}
-    assert count_context_sources(Dataset.from_dict(rows), ["caption", "objects", "ocr"]).segments == {"caption": 2, "ocr": 1}
+    rows = {
+        "visual_context": ["x", "y"],
+        "context_sources": [["ocr:rapidocr", "caption:blip2", "caption:precomputed"], ["caption:blip2"]],
+    }
+    assert count_context_sources(Dataset.from_dict(rows), ["caption", "objects", "ocr"]).segments == {
+        "caption": 2,
+        "ocr": 1,
+    }
 
 
 # --- A trained output folder ---------------------------------------------------------------------------------
@@ -205,15 +264,39 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_folder(tmp_path_factory, minilm_dir, shards) -> Path:
     output_dir = tmp_path_factory.mktemp("run") / "ita-minilm"
-    argv = ["--dataset_path", str(shards), "--encoder_name_or_path", str(minilm_dir), "--output_dir", str(output_dir),
-            "--max_steps", str(TRAIN_STEPS), "--per_device_train_batch_size", "4", "--learning_rate", "1e-4",
-            "--logging_steps", "1", "--disable_tqdm", "True", "--seed", "0", "--max_context_tokens", "32"]
+    argv = [
+        "--dataset_path",
+        str(shards),
+        "--encoder_name_or_path",
+        str(minilm_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(TRAIN_STEPS),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-4",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "True",
+        "--seed",
+        "0",
+        "--max_context_tokens",
+        "32",
+    ]
     train.run(*train.parse_args(argv))
     return output_dir
 
 
 def published_files(folder: Path) -> list[Path]:
-    return [folder / "README.md", folder / "config.json", folder / "trainer_state.json", *sorted(folder.glob("*_results.json"))]
+    return [
+        folder / "README.md",
+        folder / "config.json",
+        folder / "trainer_state.json",
+        *sorted(folder.glob("*_results.json")),
+    ]
 
 
 def json_strings(value):

@@ -1,10 +1,10 @@
-"""ITAForTokenClassification: word gather, CRF loss, cross-view alignment (SPEC §3), decoding, save/load."""
+"""ITAForTokenClassification: word gather, CRF loss, cross-view alignment (docs/method.md §3), decoding, save/load."""
 
 import pytest
 import torch
+from conftest import TWEETS, tiny_encoder_config
 
 from configuration_ita import ITAConfig
-from conftest import TWEETS, tiny_encoder_config
 from crf_ita import PAD_TAG
 from encoding_ita import encode_example, pad_batch
 from modeling_ita import ITAForTokenClassification
@@ -91,7 +91,9 @@ def test_cva_is_zero_for_identical_views(minilm_tokenizer):
     # With the text view equal to the cross view, the loss is λ·2·NLL: no alignment term at all.
     same = {k: v for k, v in batch.items() if not k.startswith("text_")}
     same.update({"text_" + k: v for k, v in same.items() if k != "labels"})
-    torch.testing.assert_close(model(**same).loss, model(**{k: v for k, v in batch.items() if not k.startswith("text_")}).loss)
+    torch.testing.assert_close(
+        model(**same).loss, model(**{k: v for k, v in batch.items() if not k.startswith("text_")}).loss
+    )
 
 
 def test_no_gradient_reaches_the_teacher(minilm_tokenizer):
@@ -135,8 +137,16 @@ def test_padding_does_not_change_any_sentence(minilm_tokenizer):
         single = {k: v[i : i + 1] for k, v in single.items()}
         n_words = int((single["word_index"] >= 0).sum())
         width = int(single["attention_mask"].sum()), int(single["text_attention_mask"].sum())
-        single = {k: (v[:, :n_words] if k in ("word_index", "text_word_index", "labels") else
-                      v[:, : width[1]] if k.startswith("text_") else v[:, : width[0]]) for k, v in single.items()}
+        single = {
+            k: (
+                v[:, :n_words]
+                if k in ("word_index", "text_word_index", "labels")
+                else v[:, : width[1]]
+                if k.startswith("text_")
+                else v[:, : width[0]]
+            )
+            for k, v in single.items()
+        }
         alone = model(**single, return_tags=True)
         torch.testing.assert_close(alone.logits[0], out.logits[i, :n_words], atol=1e-5, rtol=1e-5)
         assert alone.tags[0].tolist() == out.tags[i, :n_words].tolist()

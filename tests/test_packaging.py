@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_shards import write_caption_shards
 
 from ita_training.hub import check_hub_folder
 from ita_training.model_card import MINILM_HUB_ID
-from tiny_shards import write_caption_shards
 
 REPO = Path(__file__).resolve().parents[1]
 # What a build must not copy from the checkout: environments, VCS data and build leftovers.
-NOT_SOURCE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                    "demo-output")
+NOT_SOURCE = shutil.ignore_patterns(
+    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo-output"
+)
 TRAIN_STEPS = 2
 
 pytestmark = pytest.mark.slow
@@ -41,8 +42,21 @@ def wheel(tmp_path_factory) -> Path:
     source = work / "source"
     shutil.copytree(REPO, source, ignore=NOT_SOURCE)
     env = {**os.environ, "PIP_NO_INDEX": "1"}
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(work / "dist")],
-        cwd=work, env=env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+            "-w",
+            str(work / "dist"),
+        ],
+        cwd=work,
+        env=env,
+    )
     (built,) = (work / "dist").glob("ita_mner-*.whl")
     return built
 
@@ -75,7 +89,9 @@ def fresh_venv(root: Path, wheel: Path) -> Path:
     python = root / "venv" / "bin" / "python"
     with zipfile.ZipFile(wheel) as archive:
         ours = {name.split("/", 1)[0] for name in archive.namelist()}
-    ours = {name.removesuffix(".py") for name in ours} | {name.split("-", 1)[0] for name in ours if name.endswith(".dist-info")}
+    ours = {name.removesuffix(".py") for name in ours} | {
+        name.split("-", 1)[0] for name in ours if name.endswith(".dist-info")
+    }
     packages = root / "packages"
     packages.mkdir()
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
@@ -85,11 +101,31 @@ def fresh_venv(root: Path, wheel: Path) -> Path:
         if entry.suffix == ".pth" and str(REPO) in entry.read_text(encoding="utf-8", errors="replace"):
             continue
         (packages / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
-    site_packages = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             cwd=root, env=dict(os.environ)).stdout.strip())
+    site_packages = Path(
+        run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            cwd=root,
+            env=dict(os.environ),
+        ).stdout.strip()
+    )
     (site_packages / "reused-packages.pth").write_text(f"import site; site.addsitedir({str(packages)!r})\n")
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--ignore-installed",
-         "--no-compile", str(wheel)], cwd=root, env=dict(os.environ))
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--no-compile",
+            str(wheel),
+        ],
+        cwd=root,
+        env=dict(os.environ),
+    )
     return python
 
 
@@ -99,13 +135,21 @@ def test_the_installed_wheel_trains_and_writes_a_complete_folder(wheel, tmp_path
     outside.mkdir()
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    probe = run([str(python), "-c", (
-        "import importlib.util, json, sys, train, ita_training.model_card as card\n"
-        "editable = [f for f in sys.meta_path if 'editable' in type(f).__name__.lower()]\n"
-        "print(json.dumps({'train': train.__file__, 'template': str(card.TEMPLATE), 'editable': repr(editable),\n"
-        "                  'finder': importlib.util.find_spec('__editable___ita_mner_0_1_0_finder') is not None,\n"
-        "                  'path': sys.path}))\n"
-    )], cwd=outside, env=env)
+    probe = run(
+        [
+            str(python),
+            "-c",
+            (
+                "import importlib.util, json, sys, train, ita_training.model_card as card\n"
+                "editable = [f for f in sys.meta_path if 'editable' in type(f).__name__.lower()]\n"
+                "print(json.dumps({'train': train.__file__, 'template': str(card.TEMPLATE), 'editable': repr(editable),\n"
+                "                  'finder': importlib.util.find_spec('__editable___ita_mner_0_1_0_finder') is not None,\n"
+                "                  'path': sys.path}))\n"
+            ),
+        ],
+        cwd=outside,
+        env=env,
+    )
     found = json.loads(probe.stdout.strip().splitlines()[-1])
     venv = (tmp_path / "venv").resolve()
     assert Path(found["train"]).resolve().is_relative_to(venv), found
@@ -117,15 +161,45 @@ def test_the_installed_wheel_trains_and_writes_a_complete_folder(wheel, tmp_path
     output_dir = tmp_path / "ita-installed"
     started = time.perf_counter()
     # The default encoder: the offline MiniLM, found by the installed train.py.
-    result = run([str(python), "-m", "train", "--dataset_path", str(shards), "--output_dir", str(output_dir),
-                  "--max_steps", str(TRAIN_STEPS), "--per_device_train_batch_size", "4", "--learning_rate", "1e-4",
-                  "--logging_steps", "1", "--disable_tqdm", "True", "--max_context_tokens", "32"], cwd=outside, env=env)
+    result = run(
+        [
+            str(python),
+            "-m",
+            "train",
+            "--dataset_path",
+            str(shards),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            str(TRAIN_STEPS),
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-4",
+            "--logging_steps",
+            "1",
+            "--disable_tqdm",
+            "True",
+            "--max_context_tokens",
+            "32",
+        ],
+        cwd=outside,
+        env=env,
+    )
     print(f"python -m train: {time.perf_counter() - started:.1f} s")
     assert "Traceback" not in result.stderr
 
     files = check_hub_folder(output_dir)
-    assert {"README.md", "config.json", "model.safetensors", "modeling_ita.py", "pipeline_ita.py", "tokenizer.json",
-            "trainer_state.json", "test_results.json"} <= set(files)
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "modeling_ita.py",
+        "pipeline_ita.py",
+        "tokenizer.json",
+        "trainer_state.json",
+        "test_results.json",
+    } <= set(files)
     card = (output_dir / "README.md").read_text(encoding="utf-8")
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["base_model"] == MINILM_HUB_ID and metadata["model-index"]

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from fresh_process import run_fresh_python
 from transformers import BertConfig
 
 from alignment_ita import Aligner, RapidOCRAligner, VisualContextBuilder, load_image
 from configuration_ita import ITAConfig
 from encoding_ita import encode_example, pad_batch
-from fresh_process import run_fresh_python
 from modeling_ita import ITAForTokenClassification
 from pipeline_ita import MultimodalNERPipeline
 from pretokenizer_ita import TweetPreTokenizer
@@ -28,6 +28,7 @@ TWEETS = [
 
 def assert_same_entities(actual, expected) -> None:
     """Same entities, words and offsets; scores equal up to float32 noise (padding changes encoder kernels)."""
+
     def key(entity):
         return {name: value for name, value in entity.items() if name != "score"}
 
@@ -41,8 +42,14 @@ def assert_same_entities(actual, expected) -> None:
 def tiny_model(tokenizer, seed: int, max_positions: int = 512, **config_kwargs) -> ITAForTokenClassification:
     """A one-layer random ITA model whose CRF has random transitions, so decoding is not trivial."""
     torch.manual_seed(seed)
-    encoder = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=max_positions)
+    encoder = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_positions,
+    )
     model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS, **config_kwargs)).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(100.0)
@@ -99,7 +106,11 @@ def test_every_input_form_gives_the_same_entities(pipe):
     # Words: the same tags, offsets into " ".join(words).
     joined = " ".join(words)
     by_words = pipe(words, is_split_into_words=True, aggregation_strategy="none")
-    assert by_words == pipe({"tokens": words}, aggregation_strategy="none") == pipe([words], aggregation_strategy="none")[0]
+    assert (
+        by_words
+        == pipe({"tokens": words}, aggregation_strategy="none")
+        == pipe([words], aggregation_strategy="none")[0]
+    )
     by_text = pipe(text, aggregation_strategy="none")
     assert [(e["entity"], e["index"], e["word"], e["score"]) for e in by_words] == [
         (e["entity"], e["index"], e["word"], e["score"]) for e in by_text
@@ -110,15 +121,23 @@ def test_every_input_form_gives_the_same_entities(pipe):
 def test_a_datasets_dataset_is_read_row_by_row(pipe):
     from datasets import Dataset
 
-    rows = Dataset.from_dict({
-        "id": ["a", "b"], "tokens": [TWEETS[1].split(), TWEETS[2].split()], "image_id": ["1", "2"],
-        "visual_context": ["a man with a ball", ""], "ner_tags": [[0] * 8, [0] * 7],
-    })
+    rows = Dataset.from_dict(
+        {
+            "id": ["a", "b"],
+            "tokens": [TWEETS[1].split(), TWEETS[2].split()],
+            "image_id": ["1", "2"],
+            "visual_context": ["a man with a ball", ""],
+            "ner_tags": [[0] * 8, [0] * 7],
+        }
+    )
     results = list(pipe(rows, batch_size=2))
-    assert_same_entities(results, [
-        pipe(TWEETS[1].split(), is_split_into_words=True, visual_context="a man with a ball"),
-        pipe(TWEETS[2].split(), is_split_into_words=True),
-    ])
+    assert_same_entities(
+        results,
+        [
+            pipe(TWEETS[1].split(), is_split_into_words=True, visual_context="a man with a ball"),
+            pipe(TWEETS[2].split(), is_split_into_words=True),
+        ],
+    )
 
 
 def test_tags_are_constrained_viterbi_and_scores_crf_marginals(pipe, minilm_tokenizer):
@@ -126,7 +145,9 @@ def test_tags_are_constrained_viterbi_and_scores_crf_marginals(pipe, minilm_toke
     model = pipe.model
     for text, context in [(TWEETS[0], ""), (TWEETS[1], "a man holding a basketball | NBA")]:
         words = [word for word, _ in TweetPreTokenizer().pre_tokenize_str(text)]
-        batch = pad_batch([encode_example(minilm_tokenizer, words, context, text_view=False)], minilm_tokenizer.pad_token_id)
+        batch = pad_batch(
+            [encode_example(minilm_tokenizer, words, context, text_view=False)], minilm_tokenizer.pad_token_id
+        )
         with torch.no_grad():
             out = model(**batch, return_tags=True)
         expected_tags = [LABELS[t] for t in out.tags[0].tolist()]
@@ -149,16 +170,24 @@ def test_simple_aggregation_groups_spans_with_mean_scores(tag_all):
     words = tag_all(text, aggregation_strategy="none")
     assert [e["entity"] for e in words] == ["B-PER"] + ["I-PER"] * 4
     groups = tag_all(text)
-    assert groups == [{
-        "entity_group": "PER", "score": pytest.approx(np.mean([e["score"] for e in words])), "word": text,
-        "start": 0, "end": len(text),
-    }]
+    assert groups == [
+        {
+            "entity_group": "PER",
+            "score": pytest.approx(np.mean([e["score"] for e in words])),
+            "word": text,
+            "start": 0,
+            "end": len(text),
+        }
+    ]
 
 
-@pytest.mark.parametrize("text", [
-    "RT @user: 😍😍 Paris\u200b Paris\u00a0Paris https://t.co/x?a=1. co\u00adop 👩‍👩‍👧 Paris!",
-    "\u200b  Paris 🇫🇷 Paris\u200d Paris (www.x.com) Paris's don't",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RT @user: 😍😍 Paris\u200b Paris\u00a0Paris https://t.co/x?a=1. co\u00adop 👩‍👩‍👧 Paris!",
+        "\u200b  Paris 🇫🇷 Paris\u200d Paris (www.x.com) Paris's don't",
+    ],
+)
 def test_offsets_index_the_original_text(tag_all, text):
     words = TweetPreTokenizer().pre_tokenize_str(text)
     per_word = tag_all(text, aggregation_strategy="none")
@@ -179,10 +208,14 @@ def test_a_2000_word_text_is_chunked_and_every_word_tagged(tag_all, caplog):
     assert [e["index"] for e in per_word] == list(range(len(words)))
     assert [(e["word"], (e["start"], e["end"])) for e in per_word] == words
     assert [e["entity"] for e in per_word] == ["B-PER"] + ["I-PER"] * (len(words) - 1)
-    windows = tag_all.preprocess(tag_all._normalize_inputs(text, None, False), visual_context="a crowd in a stadium", stride=8)
+    windows = tag_all.preprocess(
+        tag_all._normalize_inputs(text, None, False), visual_context="a crowd in a stadium", stride=8
+    )
     features = list(windows)
     assert len(features) > 30  # the 64-position encoder really needed many windows
-    assert all(f["features"]["input_ids"].count(tag_all.tokenizer.sep_token_id) == 2 for f in features)  # context in each
+    assert all(
+        f["features"]["input_ids"].count(tag_all.tokenizer.sep_token_id) == 2 for f in features
+    )  # context in each
 
 
 def test_batching_gives_exactly_the_results_of_batch_size_one(pipe):
@@ -196,7 +229,10 @@ def test_batching_gives_exactly_the_results_of_batch_size_one(pipe):
 @pytest.mark.parametrize("text", ["", "   ", "\u200b \u00a0", []])
 def test_empty_text_returns_an_empty_list(pipe, text):
     assert pipe(text, is_split_into_words=True) == []
-    assert pipe(text, is_split_into_words=True, return_visual_context=True, visual_context="a dog") == {"entities": [], "visual_context": "a dog"}
+    assert pipe(text, is_split_into_words=True, return_visual_context=True, visual_context="a dog") == {
+        "entities": [],
+        "visual_context": "a dog",
+    }
 
 
 def test_device_argument(minilm_tokenizer, pipe):
@@ -236,7 +272,9 @@ def test_aligners_from_the_config_turn_images_into_context(minilm_tokenizer, pic
     assert ner(TWEETS[1], image=load_image(picture)) == with_image["entities"]
     assert ner(TWEETS[1], return_visual_context=True)["visual_context"] == ""
     assert ner(TWEETS[1], image=str(picture), visual_context="", return_visual_context=True)["visual_context"] == ""
-    override = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer, aligners=[ConstantCaptionAligner("a dog")])
+    override = MultimodalNERPipeline(
+        model=model, tokenizer=minilm_tokenizer, aligners=[ConstantCaptionAligner("a dog")]
+    )
     assert override(TWEETS[1], image=str(picture), return_visual_context=True)["visual_context"] == "a dog"
 
 
@@ -312,9 +350,13 @@ def test_checkpoint_round_trip_in_a_fresh_process(pipe, minilm_tokenizer, tmp_pa
     pipe.model.save_pretrained(tmp_path / "ckpt")
     minilm_tokenizer.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["custom_pipelines"] == {"multimodal-ner": {
-        "impl": "pipeline_ita.MultimodalNERPipeline", "pt": ["AutoModelForTokenClassification"], "type": "multimodal",
-    }}
+    assert config["custom_pipelines"] == {
+        "multimodal-ner": {
+            "impl": "pipeline_ita.MultimodalNERPipeline",
+            "pt": ["AutoModelForTokenClassification"],
+            "type": "multimodal",
+        }
+    }
     (tmp_path / "tweets.json").write_text(json.dumps(TWEETS))
     result = run_fresh_python(ROUND_TRIP, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -329,7 +371,10 @@ def test_checkpoint_round_trip_in_a_fresh_process(pipe, minilm_tokenizer, tmp_pa
     for folder in ("resaved_from_pipeline", "resaved_from_model"):
         saved = {path.name for path in (tmp_path / folder).iterdir()}
         assert {"pipeline_ita.py", "pretokenizer_ita.py", "alignment_ita.py", "encoding_ita.py", "crf_ita.py"} <= saved
-        assert json.loads((tmp_path / folder / "config.json").read_text())["custom_pipelines"] == config["custom_pipelines"]
+        assert (
+            json.loads((tmp_path / folder / "config.json").read_text())["custom_pipelines"]
+            == config["custom_pipelines"]
+        )
 
     refused = run_fresh_python("from transformers import pipeline\npipeline(model='ckpt')\n", tmp_path)
     assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForTokenClassification, TokenClassificationPipeline, pipeline
-
 from conftest import TWEETS
+from safetensors.torch import load_file, save_file
 from test_pipeline import tiny_model
+from transformers import AutoModelForTokenClassification, TokenClassificationPipeline, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +42,7 @@ def test_ignore_labels_filters_words_and_groups_like_token_classification(checkp
     assert [ner(text, aggregation_strategy="none") for text in TWEETS] == [
         [e for e in tagged if e["entity"] != "O"] for tagged in words
     ]
+
     # Grouping: transformers' own `group_entities` on our per-word output gives our spans (O runs included).
     class Grouper:  # TokenClassificationPipeline's grouping methods, on our tokenizer
         get_tag = TokenClassificationPipeline.get_tag
@@ -57,7 +57,7 @@ def test_ignore_labels_filters_words_and_groups_like_token_classification(checkp
             (g["entity_group"], g["start"], g["end"]) for g in theirs
         ]
         assert [g["score"] for g in ours] == pytest.approx([float(g["score"]) for g in theirs])
-        assert [g["word"] for g in ours] == [text[g["start"]:g["end"]] for g in theirs]
+        assert [g["word"] for g in ours] == [text[g["start"] : g["end"]] for g in theirs]
 
 
 def test_bad_ignore_labels_is_a_clear_error(checkpoint):
@@ -72,8 +72,11 @@ def test_a_checkpoint_without_crf_scores_is_refused_naming_the_file(checkpoint, 
     for path in checkpoint.iterdir():
         (broken / path.name).write_bytes(path.read_bytes())
     weights = load_file(broken / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("crf.")}, broken / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("crf.")},
+        broken / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(ValueError, match=r"no-crf/model\.safetensors does not hold the CRF.*crf\.transitions missing"):
         AutoModelForTokenClassification.from_pretrained(broken, trust_remote_code=True)
 

@@ -147,14 +147,39 @@ def test_config_json_records_the_context_without_any_path(workspace):
     absolute = [value for value in strings(config) if os.path.isabs(value) or value.startswith("~")]
     assert absolute == [] and str(workspace["checkpoint"].parent.parent) not in text
     digest = hashlib.sha256(CAPTIONS.encode()).hexdigest()
-    assert config["aligners"] == [{"type": "precomputed", "precomputed": True, "format": "auto",
-                                   "files": [{"name": CAPTIONS_NAME, "sha256": digest, "source": SOURCE}]}]
-    assert config["live_aligners"] == [{"type": "image-to-text", "precomputed": False, "model": LIVE_REPO,
-                                        "generate_kwargs": GENERATE, "batch_size": 8, "device": None}]
-    assert {key: config[key] for key in ("context_order", "context_separator", "context_max_words_per_segment",
-                                         "context_max_words", "context_piece_separators")} == {
-        "context_order": ["caption", "objects", "ocr"], "context_separator": " | ", **CAPS,
-        "context_piece_separators": {"objects": ", "}}
+    assert config["aligners"] == [
+        {
+            "type": "precomputed",
+            "precomputed": True,
+            "format": "auto",
+            "files": [{"name": CAPTIONS_NAME, "sha256": digest, "source": SOURCE}],
+        }
+    ]
+    assert config["live_aligners"] == [
+        {
+            "type": "image-to-text",
+            "precomputed": False,
+            "model": LIVE_REPO,
+            "generate_kwargs": GENERATE,
+            "batch_size": 8,
+            "device": None,
+        }
+    ]
+    assert {
+        key: config[key]
+        for key in (
+            "context_order",
+            "context_separator",
+            "context_max_words_per_segment",
+            "context_max_words",
+            "context_piece_separators",
+        )
+    } == {
+        "context_order": ["caption", "objects", "ocr"],
+        "context_separator": " | ",
+        **CAPS,
+        "context_piece_separators": {"objects": ", "},
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,19 +188,29 @@ def test_config_json_records_the_context_without_any_path(workspace):
         ({"type": "precomputed", "path": "BLIP2_15.txt"}, r"Unknown key\(s\) \['path'\]"),
         ({"type": "precomputed", "paths": ["/data/BLIP2_15.txt"]}, "paths are never recorded"),
         ({"type": "precomputed", "files": []}, "non-empty list"),
-        ({"type": "precomputed", "files": [{"name": "../../etc/passwd", "sha256": "0" * 64, "source": "x"}]},
-         "'../../etc/passwd' is not a bare file name"),
-        ({"type": "precomputed", "files": [{"name": "/etc/passwd", "sha256": "0" * 64, "source": "x"}]},
-         "'/etc/passwd' is not a bare file name"),
-        ({"type": "precomputed", "files": [{"name": "C:BLIP2.txt", "sha256": "0" * 64, "source": "x"}]},
-         "not a bare file name"),
+        (
+            {"type": "precomputed", "files": [{"name": "../../etc/passwd", "sha256": "0" * 64, "source": "x"}]},
+            "'../../etc/passwd' is not a bare file name",
+        ),
+        (
+            {"type": "precomputed", "files": [{"name": "/etc/passwd", "sha256": "0" * 64, "source": "x"}]},
+            "'/etc/passwd' is not a bare file name",
+        ),
+        (
+            {"type": "precomputed", "files": [{"name": "C:BLIP2.txt", "sha256": "0" * 64, "source": "x"}]},
+            "not a bare file name",
+        ),
         ({"type": "precomputed", "files": [{"name": "..", "sha256": "0" * 64, "source": "x"}]}, "not a bare file name"),
         ({"type": "precomputed", "files": [{"name": "a.txt", "sha256": "abc", "source": "x"}]}, "64 lowercase hex"),
         ({"type": "precomputed", "files": [{"name": "a.txt", "sha256": "0" * 64, "source": ""}]}, "non-empty str"),
-        ({"type": "precomputed", "files": [{"name": "a.txt", "sha256": "0" * 64, "source": "x", "path": "/a"}]},
-         "is recorded as"),
-        ({"type": "precomputed", "files": [{"name": "a.txt", "sha256": "0" * 64, "source": "x"}], "format": "csv"},
-         "format"),
+        (
+            {"type": "precomputed", "files": [{"name": "a.txt", "sha256": "0" * 64, "source": "x", "path": "/a"}]},
+            "is recorded as",
+        ),
+        (
+            {"type": "precomputed", "files": [{"name": "a.txt", "sha256": "0" * 64, "source": "x"}], "format": "csv"},
+            "format",
+        ),
         ({"type": "rapidocr", "precomputed": "no"}, "'precomputed' flag"),
         ({"type": "image-to-text", "model": object()}, "not JSON-serialisable"),
         ({"model": "x"}, "must be a dict with a 'type'"),
@@ -190,10 +225,13 @@ def test_config_refuses_precomputed_live_aligners_and_bad_context_settings():
     record = {"name": "a.txt", "sha256": "0" * 64, "source": "x"}
     with pytest.raises(ValueError, match="cannot be a live aligner"):
         ITAConfig(live_aligners=[{"type": "precomputed", "files": [record]}])
-    for settings, message in [({"context_max_words": -1}, "context word cap `max_words`"),
-                              ({"context_max_words_per_segment": 2.5}, "max_words_per_segment"),
-                              ({"context_order": ["ocr", "ocr"]}, "twice"), ({"context_order": "caption"}, "list"),
-                              ({"context_piece_separators": {"objects": None}}, "piece separators")]:
+    for settings, message in [
+        ({"context_max_words": -1}, "context word cap `max_words`"),
+        ({"context_max_words_per_segment": 2.5}, "max_words_per_segment"),
+        ({"context_order": ["ocr", "ocr"]}, "twice"),
+        ({"context_order": "caption"}, "list"),
+        ({"context_piece_separators": {"objects": None}}, "piece separators"),
+    ]:
         with pytest.raises(ValueError, match=message):
             ITAConfig(**settings)
 
@@ -203,7 +241,9 @@ def test_context_files_are_found_only_in_the_given_folders_and_checksum_verified
     write(tmp_path / "bad" / CAPTIONS_NAME, CAPTIONS.replace("dark", "light"))
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "good")  # a file in the working directory is not a folder given
-    with pytest.raises(FileNotFoundError, match=rf"'{CAPTIONS_NAME}' \({SOURCE}, sha256 {record['sha256']}\) is not in"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"'{CAPTIONS_NAME}' \({SOURCE}, sha256 {record['sha256']}\) is not in"
+    ):
         locate_context_file(record, [tmp_path / "empty"])
     assert locate_context_file(record, [tmp_path / "empty", tmp_path / "good"]) == tmp_path / "good" / CAPTIONS_NAME
     assert locate_context_file(record, [tmp_path / "bad", tmp_path / "good"]) == tmp_path / "good" / CAPTIONS_NAME
@@ -220,12 +260,21 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_pipeline_rebuilds_the_training_builder_from_the_config(minilm_tokenizer):
-    settings = {"context_order": ["ocr", "caption"], "context_separator": " ; ", "context_max_words_per_segment": 3,
-                "context_max_words": 5, "context_piece_separators": {"ocr": " / "}}
+    settings = {
+        "context_order": ["ocr", "caption"],
+        "context_separator": " ; ",
+        "context_max_words_per_segment": 3,
+        "context_max_words": 5,
+        "context_piece_separators": {"ocr": " / "},
+    }
     ner = MultimodalNERPipeline(model=tiny_ita_model(minilm_tokenizer, **settings), tokenizer=minilm_tokenizer)
     assert ner.context_builder.to_dict() == {
-        "order": ["ocr", "caption"], "separator": " ; ", "max_words_per_segment": 3, "max_words": 5,
-        "piece_separators": {"ocr": " / "}}
+        "order": ["ocr", "caption"],
+        "separator": " ; ",
+        "max_words_per_segment": 3,
+        "max_words": 5,
+        "piece_separators": {"ocr": " / "},
+    }
     assert ner.aligners == [] and ner.live_aligners == []
 
 
@@ -238,25 +287,39 @@ def test_moved_checkpoint_reads_its_context_file_only_from_its_own_folder_or_con
     write(tmp_path / "captions" / CAPTIONS_NAME, CAPTIONS)
     write(tmp_path / CAPTIONS_NAME, CAPTIONS)  # in the working directory: must never be read
     rename_context_file(copy_checkpoint(workspace, tmp_path / "up", keep_live=False), f"../captions/{CAPTIONS_NAME}")
-    rename_context_file(copy_checkpoint(workspace, tmp_path / "absolute", keep_live=False),
-                        str(tmp_path / "captions" / CAPTIONS_NAME))
+    rename_context_file(
+        copy_checkpoint(workspace, tmp_path / "absolute", keep_live=False), str(tmp_path / "captions" / CAPTIONS_NAME)
+    )
     inputs = [{"image_id": "1001"}, {"image_id": "1002.jpg"}, {"image_id": "9999"}]
-    cases = {name: {"model": model, "kwargs": kwargs, "text": TEXT, "inputs": inputs} for name, model, kwargs in [
-        ("own", "own", {}), ("bare", "bare", {}), ("bare_context_dir", "bare", {"context_dir": "captions"}),
-        ("tampered", "tampered", {}), ("tampered_context_dir", "tampered", {"context_dir": "captions"}),
-        ("up", "up", {}), ("absolute", "absolute", {}),
-    ]}
+    cases = {
+        name: {"model": model, "kwargs": kwargs, "text": TEXT, "inputs": inputs}
+        for name, model, kwargs in [
+            ("own", "own", {}),
+            ("bare", "bare", {}),
+            ("bare_context_dir", "bare", {"context_dir": "captions"}),
+            ("tampered", "tampered", {}),
+            ("tampered_context_dir", "tampered", {"context_dir": "captions"}),
+            ("up", "up", {}),
+            ("absolute", "absolute", {}),
+        ]
+    }
     report = run_cases(tmp_path, workspace["cache"], cases)
 
     # The training caps (4 words per segment) are applied to the precomputed captions too.
     found = ["a man in a", "two dogs on the", ""]
-    for name, folder in [("own", own), ("bare_context_dir", tmp_path / "captions"), ("tampered_context_dir", tmp_path / "captions")]:
+    for name, folder in [
+        ("own", own),
+        ("bare_context_dir", tmp_path / "captions"),
+        ("tampered_context_dir", tmp_path / "captions"),
+    ]:
         case = report[name]
         assert [r["visual_context"] for r in case["results"]] == found, name
         assert case["files"] == [str(folder / CAPTIONS_NAME)] and case["warnings"] == [], name
         assert [r["entities"] for r in case["results"]] == case["given_context"], name
-    for name, problem in [("bare", f"'{CAPTIONS_NAME}' ({SOURCE}, sha256 "),
-                          ("tampered", f"{tmp_path / 'tampered' / CAPTIONS_NAME} has sha256 ")]:
+    for name, problem in [
+        ("bare", f"'{CAPTIONS_NAME}' ({SOURCE}, sha256 "),
+        ("tampered", f"{tmp_path / 'tampered' / CAPTIONS_NAME} has sha256 "),
+    ]:
         case = report[name]
         assert len(case["warnings"]) == 1 and problem in case["warnings"][0], case["warnings"]
         assert "tagged text-only" in case["warnings"][0] and "context_dir=" in case["warnings"][0]
@@ -301,34 +364,77 @@ def test_live_captioner_gives_new_images_their_context_through_the_training_caps
     assert "image-to-text (live, for images without precomputed context)" in live_only["warnings"][0]
     # Opened by Hub id, the checkpoint finds its context file in its own repository (here, the offline cache).
     assert [r["visual_context"] for r in hub["results"]] == [expected["new.jpg"], "two dogs on the"]
-    assert hub["warnings"] == [] and hub["files"][0].endswith(f"models--tiny-org--ita-tiny/snapshots/{CACHE_COMMIT}/{CAPTIONS_NAME}")
+    assert hub["warnings"] == [] and hub["files"][0].endswith(
+        f"models--tiny-org--ita-tiny/snapshots/{CACHE_COMMIT}/{CAPTIONS_NAME}"
+    )
 
 
 def test_train_records_the_shards_context_the_builder_caps_and_the_live_aligner(workspace, tmp_path, minilm_dir):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    tweets = [("1001", "Obama visits Paris", "B-PER O B-LOC"), ("1002", "Merkel in Berlin today", "B-PER O B-LOC O")] * 4
+    tweets = [
+        ("1001", "Obama visits Paris", "B-PER O B-LOC"),
+        ("1002", "Merkel in Berlin today", "B-PER O B-LOC O"),
+    ] * 4
     data = tmp_path / "data"
     data.mkdir()
-    (data / "train.txt").write_text("\n".join(
-        f"IMGID:{image}\n" + "".join(f"{t}\t{g}\n" for t, g in zip(text.split(), tags.split())) for image, text, tags in tweets
-    ), encoding="utf-8")
+    (data / "train.txt").write_text(
+        "\n".join(
+            f"IMGID:{image}\n" + "".join(f"{t}\t{g}\n" for t, g in zip(text.split(), tags.split()))
+            for image, text, tags in tweets
+        ),
+        encoding="utf-8",
+    )
     shutil.copy(data / "train.txt", data / "valid.txt")
     shards = tmp_path / "shards"
-    preprocess(data=[data], out=shards, builder_settings={"max_words_per_segment": 4, "max_words": 6},
-               aligners=[{"type": "precomputed", "paths": [str(workspace["captions"])], "source": SOURCE}])
+    preprocess(
+        data=[data],
+        out=shards,
+        builder_settings={"max_words_per_segment": 4, "max_words": 6},
+        aligners=[{"type": "precomputed", "paths": [str(workspace["captions"])], "source": SOURCE}],
+    )
     encoder = tmp_path / "encoder"
-    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=128)).save_pretrained(encoder)
+    BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(encoder)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(encoder)
     live = json.dumps({"type": "image-to-text", "model": LIVE_REPO, "generate_kwargs": GENERATE})
     output_dir = tmp_path / "run"
-    train.run(*train.parse_args([
-        "--dataset_path", str(shards), "--encoder_name_or_path", str(encoder), "--output_dir", str(output_dir),
-        "--test_split", "", "--max_steps", "1", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
-        "--save_strategy", "no", "--load_best_model_at_end", "False", "--disable_tqdm", "True",
-        "--live_aligner", live,
-    ]))
+    train.run(
+        *train.parse_args(
+            [
+                "--dataset_path",
+                str(shards),
+                "--encoder_name_or_path",
+                str(encoder),
+                "--output_dir",
+                str(output_dir),
+                "--test_split",
+                "",
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "4",
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                "--load_best_model_at_end",
+                "False",
+                "--disable_tqdm",
+                "True",
+                "--live_aligner",
+                live,
+            ]
+        )
+    )
     config = json.loads((output_dir / "config.json").read_text())
     assert config["aligners"] == [PrecomputedAligner(workspace["captions"], source=SOURCE).to_dict()]
     assert config["live_aligners"] == [normalize_spec(json.loads(live))]

@@ -19,13 +19,25 @@ def words(text: str) -> list[str]:
     [
         ("RT @NBA_Skits: Will Chris Paul win?", ["RT", "@NBA_Skits", ":", "Will", "Chris", "Paul", "win", "?"]),
         ("Go #Raptors2019, $AAPL up!!", ["Go", "#Raptors2019", ",", "$AAPL", "up", "!!"]),
-        ("see https://t.co/Z3neVBQ7vF. and (www.bbc.co.uk/news)", ["see", "https://t.co/Z3neVBQ7vF", ".", "and", "(", "www.bbc.co.uk/news", ")"]),
+        (
+            "see https://t.co/Z3neVBQ7vF. and (www.bbc.co.uk/news)",
+            ["see", "https://t.co/Z3neVBQ7vF", ".", "and", "(", "www.bbc.co.uk/news", ")"],
+        ),
         ("mail me@x.org now", ["mail", "me@x.org", "now"]),
-        ("cut http://t.co/ab… and htt… w/ Beer/BBQ &amp; -- ok", ["cut", "http://t.co/ab…", "and", "htt…", "w/", "Beer/BBQ", "&amp", ";", "--", "ok"]),
-        ("Ted Cruz's rally, I don't care, she'll go", ["Ted", "Cruz", "'s", "rally", ",", "I", "do", "n't", "care", ",", "she", "'ll", "go"]),
+        (
+            "cut http://t.co/ab… and htt… w/ Beer/BBQ &amp; -- ok",
+            ["cut", "http://t.co/ab…", "and", "htt…", "w/", "Beer/BBQ", "&amp", ";", "--", "ok"],
+        ),
+        (
+            "Ted Cruz's rally, I don't care, she'll go",
+            ["Ted", "Cruz", "'s", "rally", ",", "I", "do", "n't", "care", ",", "she", "'ll", "go"],
+        ),
         ("O'Neill’s Spider-Man at AT&T", ["O'Neill", "’s", "Spider-Man", "at", "AT&T"]),
         ("U.S. 10,000 fans 3.5% at 5:30pm...", ["U.S.", "10,000", "fans", "3.5", "%", "at", "5:30pm", "..."]),
-        ("Paris😍London 🏀🏀 👩‍👩‍👧 👍🏽 🇺🇸 1️⃣ ❤️", ["Paris", "😍", "London", "🏀", "🏀", "👩‍👩‍👧", "👍🏽", "🇺🇸", "1️⃣", "❤️"]),
+        (
+            "Paris😍London 🏀🏀 👩‍👩‍👧 👍🏽 🇺🇸 1️⃣ ❤️",
+            ["Paris", "😍", "London", "🏀", "🏀", "👩‍👩‍👧", "👍🏽", "🇺🇸", "1️⃣", "❤️"],
+        ),
         ("lol :) :-( <3 ;D", ["lol", ":)", ":-(", "<3", ";D"]),
         ("नमस्ते दुनिया «quoted» — done", ["नमस्ते", "दुनिया", "«", "quoted", "»", "—", "done"]),
         ("zero\u200bwidth\u00a0nbsp co\u00adop", ["zero", "width", "nbsp", "co\u00adop"]),
@@ -52,8 +64,27 @@ def assert_exact_cover(text: str) -> None:
 
 
 def test_random_strings_lose_no_character():
-    pool = list("aZé9_@#$'’-&.,:;!?()<3/") + ["😍", "👍", "🏽", "\u200d", "\ufe0f", "🇺", "🇸", "\u200b", "\u00a0", " ", "\u00ad",
-                                            "\u0092", "ा", "न", "http://t.co/", "n't", "'s", "\u20e3", "…"]
+    pool = list("aZé9_@#$'’-&.,:;!?()<3/") + [
+        "😍",
+        "👍",
+        "🏽",
+        "\u200d",
+        "\ufe0f",
+        "🇺",
+        "🇸",
+        "\u200b",
+        "\u00a0",
+        " ",
+        "\u00ad",
+        "\u0092",
+        "ा",
+        "न",
+        "http://t.co/",
+        "n't",
+        "'s",
+        "\u20e3",
+        "…",
+    ]
     rng = random.Random(0)
     for _ in range(2000):
         assert_exact_cover("".join(rng.choice(pool) for _ in range(rng.randint(0, 30))))

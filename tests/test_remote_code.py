@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import TWEETS, tiny_encoder_config
+from fresh_process import run_fresh_python
 
 from configuration_ita import ITAConfig
-from conftest import TWEETS, tiny_encoder_config
 from encoding_ita import encode_example, pad_batch
-from fresh_process import run_fresh_python
 from modeling_ita import ITAForTokenClassification
 
 LOAD_AND_RUN = """
@@ -35,7 +35,9 @@ print(json.dumps({
 def checkpoint(request, tmp_path, minilm_tokenizer, tiny_xlmr_tokenizer):
     tokenizer = minilm_tokenizer if request.param == "bert" else tiny_xlmr_tokenizer
     torch.manual_seed(0)
-    config = ITAConfig(encoder_config=tiny_encoder_config(request.param, len(tokenizer)), labels=["O", "B-PER", "I-PER"])
+    config = ITAConfig(
+        encoder_config=tiny_encoder_config(request.param, len(tokenizer)), labels=["O", "B-PER", "I-PER"]
+    )
     model = ITAForTokenClassification(config).eval()
     model.save_pretrained(tmp_path / "ckpt")
     tokenizer.save_pretrained(tmp_path / "ckpt")
@@ -81,7 +83,7 @@ def test_without_trust_remote_code_transformers_refuses_clearly(checkpoint):
     assert "trust_remote_code=True" in result.stderr
     assert "contains custom code" in result.stderr
     # The refusal comes before any of our code runs.
-    assert "modeling_ita.py\", line" not in result.stderr and "configuration_ita.py\", line" not in result.stderr
+    assert 'modeling_ita.py", line' not in result.stderr and 'configuration_ita.py", line' not in result.stderr
 
 
 def test_remote_code_files_need_only_torch_numpy_and_transformers():

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TWEETS
-from crf_ita import bio_transition_constraints
 from fresh_process import run_fresh_python
-from modeling_ita import ITAForTokenClassification
 from test_pipeline import LABELS, tiny_model
+
+from crf_ita import bio_transition_constraints
+from modeling_ita import ITAForTokenClassification
 
 STACKS = {"pinned": REPO / ".venv" / "bin" / "python", "latest": REPO / ".venv-latest" / "bin" / "python"}
 
@@ -111,4 +111,3 @@ def test_both_stacks_load_the_same_model_and_tag_identically(checkpoint, tmp_pat
     # Each stack's re-saved folder, opened by the other stack, still gives the same answers.
     assert_same_tagging(tag_and_resave(stack_python("pinned"), resaved["latest"], None, tmp_path), reports["pinned"])
     assert_same_tagging(tag_and_resave(stack_python("latest"), resaved["pinned"], None, tmp_path), reports["pinned"])
-

@@ -47,6 +47,8 @@ def write_caption_shards(folder: Path) -> Path:
         rows["context_sources"].append([f"{name}:precomputed" for name in sources])
         rows["alignment_error"].append("")
     split = Dataset.from_dict(rows, features=output_features(ClassLabel(names=LABELS)))
-    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(str(folder))
+    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(
+        str(folder)
+    )
     (folder / SETTINGS_FILE).write_text(json.dumps({"aligners": [], "builder": builder.to_dict()}), encoding="utf-8")
     return folder
