@@ -4,13 +4,13 @@ On the same real tweets (Twitter-2017 test, raw text) and batch size, with the o
 
 - `pipeline`: `MultimodalNERPipeline` (ITA + CRF), text-only, `aggregation_strategy="simple"`;
 - `raw_forward`: the ITA model's forward alone (emissions) on batches encoded beforehand, the floor the
-  pipeline's own work sits on (goal: pipeline >= 0.90x its speed);
+  pipeline's own work sits on (goal: pipeline >= 0.95x its speed);
 - `raw_encode_forward`: the same plus `encode_example` + `pad_batch` inside the timing (what any caller pays);
 - `stock`: transformers' `pipeline("token-classification", aggregation_strategy="simple")` on a
   `BertForTokenClassification` with the same MiniLM encoder (goal: pipeline >= 1.0x its speed);
 
-and the share of the pipeline's time spent decoding (`_decode`: Viterbi and marginals, run on each batch inside
-`_forward`, so also counted in its share) plus `postprocess` (entities; goal <= 3% together).
+and the share of the pipeline's time spent decoding (`decoder`, the `CRFDecoder`: Viterbi and marginals, run on each batch inside
+`_forward`, so also counted in its share) plus `postprocess` (entities; goal <= 2% together).
 Competitors run interleaved, `--repeats` times, and the best time of each is kept, so that load from other
 processes on the machine biases none of them. Writes `benchmarks/results/pipeline.json`.
 
@@ -133,18 +133,21 @@ def main() -> None:
         for _ in tqdm(range(args.repeats), desc=f"batch {batch_size}"):
             for name, run in competitors.items():
                 if name == "pipeline":
-                    stages = {
-                        stage: Timed(getattr(ours, stage), stage == "preprocess")
-                        for stage in ("preprocess", "_forward", "_decode", "postprocess")
+                    originals = {
+                        stage: getattr(ours, stage) for stage in ("preprocess", "_forward", "decoder", "postprocess")
                     }
+                    stages = {stage: Timed(method, stage == "preprocess") for stage, method in originals.items()}
                     for stage, timed in stages.items():
                         setattr(ours, stage, timed)
                 start = time.perf_counter()
                 run()
                 seconds = time.perf_counter() - start
                 if name == "pipeline":
-                    for stage in stages:
-                        delattr(ours, stage)
+                    for stage, method in originals.items():
+                        if stage == "decoder":
+                            ours.decoder = method
+                        else:
+                            delattr(ours, stage)
                     if seconds < best[name]:
                         shares = {stage: timed.seconds / seconds for stage, timed in stages.items()}
                 best[name] = min(best[name], seconds)
@@ -156,9 +159,9 @@ def main() -> None:
             "ratio_vs_stock_token_classification": per_second["pipeline"] / per_second["stock"],
             "share_of_pipeline_time": shares,
             "goals_met": {
-                "pipeline >= 0.90x raw forward": per_second["pipeline"] >= 0.90 * per_second["raw_forward"],
+                "pipeline >= 0.95x raw forward": per_second["pipeline"] >= 0.95 * per_second["raw_forward"],
                 "pipeline >= 1.0x stock token-classification": per_second["pipeline"] >= per_second["stock"],
-                "Viterbi + marginals + postprocess <= 3%": shares["_decode"] + shares["postprocess"] <= 0.03,
+                "Viterbi + marginals + postprocess <= 2%": shares["decoder"] + shares["postprocess"] <= 0.02,
             },
         }
         print(json.dumps({f"batch_{batch_size}": results[f"batch_{batch_size}"]}, indent=2))
