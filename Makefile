@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 PY_LATEST := $(VENV_LATEST)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps test test-pinned test-latest test-fast lint format demo clean
+.PHONY: install system-deps test test-pinned test-latest test-fast lint format demo app serve clean
 
 # $(1): venv folder, $(2): constraints file, $(3): extras.
 define make_venv
@@ -27,18 +27,18 @@ define make_venv
 endef
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt Makefile
-	$(call make_venv,$(VENV),constraints.txt,onnx$(,)ocr$(,)dev)
+	$(call make_venv,$(VENV),constraints.txt,onnx$(,)ocr$(,)dev$(,)serve)
 
 $(VENV_LATEST)/.installed: setup.cfg pyproject.toml constraints-latest.txt Makefile
-	$(call make_venv,$(VENV_LATEST),constraints-latest.txt,ocr$(,)dev)
+	$(call make_venv,$(VENV_LATEST),constraints-latest.txt,ocr$(,)dev$(,)serve$(,)app)
 
 , := ,
 
 install: $(VENV)/.installed $(VENV_LATEST)/.installed system-deps
 
-# Tesseract (OCR) and Chromium (renders the demo report in a test) are system packages: install them when we
+# Tesseract (OCR), Chromium and its driver (the demo report and the Gradio app are opened in it by tests) are system packages: install them when we
 # can (root + apt), else say what is missing; the tests that need them skip with that reason.
-SYSTEM_PACKAGES := tesseract:tesseract-ocr chromium:chromium
+SYSTEM_PACKAGES := tesseract:tesseract-ocr chromium:chromium chromedriver:chromium-driver
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -76,6 +76,14 @@ test-latest: $(VENV_LATEST)/.installed
 
 demo: $(VENV)/.installed system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m demo
+
+# The Gradio app (a Space's app.py) on the demo's checkpoint; Gradio 6 lives on the newest stack.
+app: $(VENV_LATEST)/.installed
+	HF_HUB_OFFLINE=1 $(PY_LATEST) app.py --model demo-output/model --aligner '{"type": "rapidocr"}'
+
+# The Inference Endpoints handler of the demo's checkpoint behind a local HTTP server.
+serve: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) handler_server.py demo-output/model --port 8000
 
 clean:
 	rm -rf $(VENV) $(VENV_LATEST) demo-output
