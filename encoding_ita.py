@@ -7,10 +7,12 @@ An encoded example holds two views of the tweet (docs/method.md §2–§3):
         = tweet words, the tokenizer's separator, then the visual context;
     text-only view x: the same fields prefixed with `text_`.
 `word_index[i]` is the position of the first sub-token of tweet word i. The tweet is never cut: the context
-is truncated to fit (`truncation="only_second"`), and a tweet that alone exceeds the encoder's limit is an
-error rather than a silent loss of words.
+is truncated to fit (as `truncation="only_second"` would), and a tweet that alone exceeds the encoder's limit is
+an error rather than a silent loss of words. Encoding never changes the tokenizer's settings, so one tokenizer can
+serve many threads; special-token strings in the text are read as text.
 """
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,14 +23,52 @@ VIEW_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "word_index")
 TEXT_PREFIX = "text_"
 # Padding value of each field in a batch; `labels` are word-level and padded like the word index.
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_index": -1, "labels": -100}
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class TweetTooLongError(ValueError):
     """A tweet whose words alone do not fit the encoder; the pipeline splits such tweets into chunks."""
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None, **kwargs):
-    return tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, **kwargs)
+def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None):
+    # Never with truncation or padding arguments: those are settings of the one Rust tokenizer shared by every
+    # thread, and changing them while another thread encodes fails ("Already borrowed"). The context is cut by
+    # `_truncate_context` instead. `verbose=False`: a pair longer than the encoder is cut right after.
+    return tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, verbose=False)
+
+
+def _as_text(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
+    """`words` with lone surrogates replaced and special-token strings broken up, so both are read as text.
+
+    A tweet or context that contains `[SEP]`, `</s>` or `[PAD]` must not become that special token (a `[PAD]`
+    would even be attended as padding): a space after its first character makes the tokenizer read the pieces as
+    ordinary text, within the same word. Lone surrogates (`"\udcff"`), which no encoder can read, become U+FFFD.
+    """
+    specials = [token for token in tokenizer.all_special_tokens if len(token) > 1]
+    cleaned = []
+    for word in words:
+        word = _SURROGATES.sub("\ufffd", word)
+        for token in specials:
+            if token in word:
+                word = word.replace(token, f"{token[0]} {token[1:]}")
+        cleaned.append(word)
+    return cleaned
+
+
+def _truncate_context(encoding, room: int) -> dict[str, list[int]]:
+    """The fields of a pair encoding with the context (sequence 1) cut to its first `room` sub-tokens.
+
+    The same cut as `truncation="only_second"`: context sub-tokens are removed from its end, the tweet and the
+    special tokens stay.
+    """
+    sequence_ids = encoding.sequence_ids()
+    context_positions = [i for i, sequence in enumerate(sequence_ids) if sequence == 1]
+    drop = set(context_positions[room:])
+    return {
+        field: [v for i, v in enumerate(encoding[field]) if i not in drop]
+        for field in VIEW_FIELDS[:3]
+        if field in encoding
+    }
 
 
 def _first_subtokens(encoding, num_words: int) -> list[int]:
@@ -93,7 +133,7 @@ def encode_example(
     if any(not isinstance(word, str) or not word for word in words):
         raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    words = _tokenizable_words(tokenizer, words)
+    words = _tokenizable_words(tokenizer, _as_text(tokenizer, words))
 
     text = _encode(tokenizer, words, None)
     text_length = len(text["input_ids"])
@@ -102,23 +142,25 @@ def encode_example(
             f"The tweet's {len(words)} words need {text_length} sub-tokens, more than the encoder's limit of "
             f"{limit}. Split it into shorter pieces, or use the multimodal-ner pipeline, which chunks long texts."
         )
-    context_words = visual_context.split()
+    context_words = _as_text(tokenizer, visual_context.split())
     extra_specials = tokenizer.num_special_tokens_to_add(pair=True) - tokenizer.num_special_tokens_to_add(pair=False)
     room = min(limit - text_length - extra_specials, max_context_tokens)
+    views: list[tuple[str, Any]] = [("", text)]
     if context_words and room > 0:
-        cross = _encode(
-            tokenizer, words, context_words, truncation="only_second", max_length=text_length + extra_specials + room
-        )
-    else:
-        # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
-        cross = text
-
-    views = [("", cross), (TEXT_PREFIX, text)] if text_view else [("", cross)]
+        cross = _encode(tokenizer, words, context_words)
+        views = [("", cross)]
+    # else: no context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
+    if text_view:
+        views.append((TEXT_PREFIX, text))
     example: dict[str, Any] = {}
     for prefix, encoding in views:
-        for field in VIEW_FIELDS[:3]:
-            if field in encoding:
-                example[prefix + field] = list(encoding[field])
+        fields = (
+            _truncate_context(encoding, room)
+            if encoding is not text
+            else {field: list(encoding[field]) for field in VIEW_FIELDS[:3] if field in encoding}
+        )
+        example.update({prefix + field: values for field, values in fields.items()})
+        # Tweet positions come before any context position, so cutting the context leaves them as they are.
         example[prefix + "word_index"] = _first_subtokens(encoding, len(words))
     return example
 

@@ -151,6 +151,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         self.context_builder = VisualContextBuilder.from_config(config)
         self.aligners, self.live_aligners = self._build_aligners(aligners, context_dir)
         self.max_length = self._encoder_limit()
+        # One encoding now resets any truncation or padding another user of this tokenizer set: the pipeline's
+        # own calls never change those settings, so threads can then share the tokenizer (see `encoding_ita`).
+        encode_example(self.tokenizer, ["a"], "a", text_view=False)
         # Built once: the pipeline decodes with the CRF scores the model has when the pipeline is created.
         self.decoder = CRFDecoder.from_crf(self.model.crf, constrained=config.crf_bio_constraints)
 
@@ -319,6 +322,8 @@ class MultimodalNERPipeline(ChunkPipeline):
 
     def _normalize_inputs(self, text: Any, image: Any, is_split_into_words: bool) -> Any:
         """Maps every accepted input form to one input dict, a list of them or a generator of them."""
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            raise TypeError("A tweet must be a str, got bytes: decode it first, e.g. `text.decode('utf-8')`.")
         if isinstance(text, (str, dict)) or (is_split_into_words and _is_word_list(text)):
             return _input_dict(text, image)
         if isinstance(text, list):
@@ -574,7 +579,17 @@ def _input_dict(element: Any, image: Any) -> dict[str, Any]:
     picture = values["image"]
     if picture is not None and not isinstance(picture, (str, os.PathLike)) and not hasattr(picture, "convert"):
         raise TypeError(f"An image must be a PIL image, a path, a URL or None, got {type(picture).__name__}.")
-    return {"text": text, "image": picture, "image_id": values["image_id"], "visual_context": values["visual_context"]}
+    context = values["visual_context"]
+    if context is not None and not isinstance(context, str):
+        raise TypeError(
+            f"`visual_context` must be a str (or None), got {type(context).__name__}: {str(context)[:80]!r}."
+        )
+    image_id = values["image_id"]
+    if isinstance(image_id, int) and not isinstance(image_id, bool):
+        image_id = str(image_id)  # numeric ids, as a CSV or JSON file gives them
+    elif image_id is not None and not isinstance(image_id, str):
+        raise TypeError(f"`image_id` must be a str or an int, got {type(image_id).__name__}: {str(image_id)[:80]!r}.")
+    return {"text": text, "image": picture, "image_id": image_id, "visual_context": context}
 
 
 def _word_entities(item: TweetInput, labels: list[str], scores: list[float]) -> list[dict[str, Any]]:
