@@ -30,7 +30,7 @@ _EXPORTS = {
     "ITAOnnxConfig": "export",
     "export_ita": "export",
     "ORTModelForITA": "modeling_ita_onnx",
-    "QUANTIZED_FILE": "quantize",
+    "QUANTIZED_FILE": "modeling_ita_onnx",
     "quantize_int8": "quantize",
 }
 

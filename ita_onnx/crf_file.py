@@ -11,7 +11,8 @@ imports with the absolute fallback used inside this package.
 from pathlib import Path
 from typing import Union
 
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 try:
     from .configuration_ita import ITAConfig
@@ -21,13 +22,27 @@ except ImportError:
     from crf_ita import ConditionalRandomField, bio_transition_constraints
 
 CRF_FILE = "crf.safetensors"
-_PARAMETERS = ("transitions", "start_transitions", "end_transitions")
+# What every error about a missing or broken file of an export tells the user to do.
+REEXPORT = ("re-export the checkpoint into a new folder with `python -m ita_onnx export <checkpoint> <out>` (or "
+            "`optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>`)")
+
+
+def _expected_shapes(num_labels: int) -> dict[str, tuple[int, ...]]:
+    return {"transitions": (num_labels, num_labels), "start_transitions": (num_labels,),
+            "end_transitions": (num_labels,)}
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{name} {shape}" for name, shape in shapes.items()) or "no tensors"
 
 
 def save_crf(crf: ConditionalRandomField, folder: Union[str, Path]) -> Path:
     """Writes the learned transition, start and end scores of `crf` to `folder/crf.safetensors`."""
     path = Path(folder) / CRF_FILE
-    save_file({name: getattr(crf, name).detach().cpu().contiguous() for name in _PARAMETERS}, str(path))
+    tensors = {name: getattr(crf, name).detach().cpu().contiguous() for name in _expected_shapes(crf.num_tags)}
+    # Not `safetensors.torch.save_file`: it writes through a private temporary file and so leaves mode 0600,
+    # where every other file of the folder follows the umask.
+    path.write_bytes(save(tensors))
     return path
 
 
@@ -35,15 +50,24 @@ def load_crf(path: Union[str, Path], config: ITAConfig) -> ConditionalRandomFiel
     """Rebuilds the model's CRF from a `crf.safetensors` file and the ITA config of the export.
 
     Raises:
-        ValueError: if the file lacks a parameter or its tag count differs from `config.num_labels`.
+        OSError: if the file is not a readable safetensors file (e.g. truncated).
+        ValueError: if it does not hold exactly the three CRF score tensors, shaped for `config.num_labels` tags.
     """
-    tensors = load_file(str(path))
-    missing = [name for name in _PARAMETERS if name not in tensors]
-    if missing:
-        raise ValueError(f"{path} lacks the CRF parameters {missing}; re-export with `python -m ita_onnx export`.")
-    if tensors["transitions"].shape != (config.num_labels, config.num_labels):
-        raise ValueError(f"{path} holds a CRF over {tensors['transitions'].shape[0]} tags but the config has "
-                         f"{config.num_labels} labels: the CRF file and config.json come from different models.")
+    try:
+        tensors = load(Path(path).read_bytes())
+    except SafetensorError as error:
+        raise OSError(f"{path} is not a readable safetensors file ({error}): it was truncated or overwritten; "
+                      f"{REEXPORT}.") from error
+    expected = _expected_shapes(config.num_labels)
+    # Listed in the expected order, then any others, so that the two lists of the message read side by side.
+    order = {name: rank for rank, name in enumerate(expected)}
+    found = {name: tuple(tensors[name].shape) for name in sorted(tensors, key=lambda name: (order.get(name, 3), name))}
+    if found != expected:
+        raise ValueError(
+            f"{path} must hold the CRF scores {_describe(expected)} for the {config.num_labels} labels of the "
+            f"export's config.json, but holds {_describe(found)}: the CRF file and config.json come from different "
+            f"models, or the file was not written by the export; {REEXPORT}."
+        )
     allowed, allowed_start = bio_transition_constraints(config.labels) if config.crf_bio_constraints else (None, None)
     crf = ConditionalRandomField(config.num_labels, allowed, allowed_start)
     crf.load_state_dict(tensors)

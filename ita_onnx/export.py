@@ -11,9 +11,18 @@ plugin module this distribution ships (`optimum/commands/register/register_ita.p
 `optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>` and
 `python -m ita_onnx export <checkpoint> <out>` run the same `main_export` with the same config, and its
 post-processing writes the same folder either way.
+
+Neither leaves a folder that passes for a complete export when interrupted: `export_ita` writes under a hidden
+name and renames the folder once complete (refusing a non-empty `<out>` unless told to overwrite it), and the
+post-processing, the only writer under `optimum-cli`, replaces optimum's `config.json` last, which
+`ORTModelForITA` refuses until then.
 """
 
 import copy
+import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -23,7 +32,7 @@ from optimum.exporters.tasks import TasksManager
 from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, NormalizedTextConfig
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 from transformers.dynamic_module_utils import get_cached_module_file
-from transformers.utils import HF_MODULES_CACHE
+from transformers.utils import CONFIG_NAME, HF_MODULES_CACHE
 
 from .crf_file import CRF_FILE, save_crf
 from .modeling_ita_onnx import AUTO_MODEL_ENTRY, README_FILE, copy_remote_code, remote_code_modules
@@ -160,10 +169,12 @@ class ITAOnnxConfig(OnnxConfig):
 
         optimum calls this after writing the graph, `config.json` and the tokenizer, in `main_export` and so in
         `optimum-cli export onnx` (unless `--no-post-process`). It writes `crf.safetensors` from the very model
-        optimum exported; rewrites `config.json` so that `auto_map` sends `AutoModelForTokenClassification` to the
-        ONNX Runtime loader (the checkpoint's PyTorch classes have no weights here); copies every module that
-        `auto_map` and `custom_pipelines` name, with their relative imports (pipeline code from the checkpoint,
-        the runtime from this package); and writes README.md.
+        optimum exported; copies every module that `auto_map` and `custom_pipelines` name, with their relative
+        imports (pipeline code from the checkpoint, the runtime from this package); writes README.md; and last
+        replaces `config.json` by one whose `auto_map` sends `AutoModelForTokenClassification` to the ONNX
+        Runtime loader (the checkpoint's PyTorch classes have no weights here). Until that final rename the
+        folder's `config.json` is optimum's, which `ORTModelForITA` refuses as an unfinished export: a folder
+        left by an interrupted `optimum-cli` run is never taken for a complete one.
         """
         models_and_onnx_configs, onnx_files_subpaths = super().post_process_exported_models(
             path, models_and_onnx_configs, onnx_files_subpaths
@@ -173,22 +184,24 @@ class ITAOnnxConfig(OnnxConfig):
         save_crf(model.crf, path)
         config = copy.deepcopy(model.config)
         config.auto_map = {"AutoModelForTokenClassification": AUTO_MODEL_ENTRY}
-        config.save_pretrained(path)  # adds AutoConfig -> configuration_ita.ITAConfig and copies that file
-        modules = remote_code_modules(config)
-        # The checkpoint's own remote code, fetched as `pipeline(model=<checkpoint>)` fetches it, into the folder
-        # where transformers keeps it; the runtime comes from this package.
-        checkpoint_code = {Path(HF_MODULES_CACHE, get_cached_module_file(config.name_or_path, name)).parent
-                           for name in modules if name not in _RUNTIME_FILES}
-        copied = copy_remote_code(modules, [*sorted(checkpoint_code), Path(__file__).parent], path)
-        pipeline_files = [name for name in copied if name not in _RUNTIME_FILES and name != "configuration_ita.py"]
-        (path / README_FILE).write_text(_README.format(
-            labels=", ".join(f"`{label}`" for label in config.labels),
-            inputs=", ".join(f"`{name}`" for name in self.inputs),
-            num_labels=config.num_labels,
-            crf_file=CRF_FILE,
-            runtime=", ".join(f"`{name}`" for name in _RUNTIME_FILES),
-            pipeline=", ".join(f"`{name}`" for name in pipeline_files),
-        ))
+        with tempfile.TemporaryDirectory(dir=path, prefix=".config-") as staged:
+            config.save_pretrained(staged)  # adds AutoConfig -> configuration_ita.ITAConfig to auto_map
+            modules = remote_code_modules(config)
+            # The checkpoint's own remote code, fetched as `pipeline(model=<checkpoint>)` fetches it, into the
+            # folder where transformers keeps it; the runtime comes from this package.
+            checkpoint_code = {Path(HF_MODULES_CACHE, get_cached_module_file(config.name_or_path, name)).parent
+                               for name in modules if name not in _RUNTIME_FILES}
+            copied = copy_remote_code(modules, [*sorted(checkpoint_code), Path(__file__).parent], path)
+            pipeline_files = [name for name in copied if name not in _RUNTIME_FILES and name != "configuration_ita.py"]
+            (path / README_FILE).write_text(_README.format(
+                labels=", ".join(f"`{label}`" for label in config.labels),
+                inputs=", ".join(f"`{name}`" for name in self.inputs),
+                num_labels=config.num_labels,
+                crf_file=CRF_FILE,
+                runtime=", ".join(f"`{name}`" for name in _RUNTIME_FILES),
+                pipeline=", ".join(f"`{name}`" for name in pipeline_files),
+            ))
+            os.replace(Path(staged, CONFIG_NAME), path / CONFIG_NAME)
         return models_and_onnx_configs, onnx_files_subpaths
 
 
@@ -200,35 +213,83 @@ def export_ita(
     opset: Optional[int] = None,
     atol: Optional[float] = None,
     do_validation: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Exports an ITA checkpoint to `output`, as `optimum-cli export onnx --task token-classification` does.
 
+    The export is written into a fresh hidden folder beside `output` (`.<name>.partial-<id>`) and renamed to
+    `output` only once complete (graph, CRF, config, code, README and, with `int8`, the int8 graph), so
+    `output` never holds a partial export: a failed run removes its partial folder, and one that is killed
+    leaves only that hidden folder, which nothing reads (delete it at leisure).
+
     Args:
         checkpoint: a saved ITA checkpoint (folder or Hub id) with its tokenizer.
-        output: folder to write; created if needed.
+        output: folder to write. It must not exist, or be empty, unless `overwrite`.
         int8: also write `model_quantized.onnx`, dynamically quantized to int8 (see `quantize_int8`).
         int8_target: the CPU family the int8 kernels are tuned for (`avx512_vnni`, `avx512`, `avx2`, `arm64`).
         opset: ONNX opset; optimum's default when None.
         atol: tolerance of optimum's export-time validation; `ITAOnnxConfig.ATOL_FOR_VALIDATION` when None.
         do_validation: run optimum's validation of the graph against PyTorch.
+        overwrite: replace a non-empty `output` as a whole (none of its files are kept) once the new export
+            is complete.
 
     Returns:
         The output folder: `model.onnx`, `crf.safetensors`, config, tokenizer, remote code and README.md (see
         `ITAOnnxConfig.post_process_exported_models`).
 
     Raises:
-        ValueError: if the checkpoint is not an ITA model or has no tokenizer.
+        FileExistsError: if `output` is a non-empty folder and not `overwrite`.
+        NotADirectoryError: if `output` is a file.
+        ValueError: if the checkpoint is not an ITA model or has no tokenizer, or `output` would contain it.
     """
     output = Path(output)
     checkpoint = str(checkpoint)
+    _check_output(output, checkpoint, overwrite)
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
     if config.model_type != "ita":
         raise ValueError(f"{checkpoint} holds a {config.model_type!r} model, not an ITA model; export plain "
                          "transformers models with `optimum-cli export onnx` instead.")
-    main_export(checkpoint, output=output, task=TASK, opset=opset, atol=atol, trust_remote_code=True,
-                library_name="transformers", do_validation=do_validation)
-    if int8:
-        from .quantize import quantize_int8
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir rather than tempfile.mkdtemp, whose folders are private (0700): the folder follows the umask.
+    staging = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
+    try:
+        main_export(checkpoint, output=staging, task=TASK, opset=opset, atol=atol, trust_remote_code=True,
+                    library_name="transformers", do_validation=do_validation)
+        if int8:
+            from .quantize import quantize_int8
 
-        quantize_int8(output, target=int8_target)
+            quantize_int8(staging, target=int8_target)
+        _publish(staging, output, checkpoint, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
     return output
+
+
+def _check_output(output: Path, checkpoint: str, overwrite: bool) -> None:
+    """Refuses an `output` the finished export could not replace, before minutes are spent exporting."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output} is a file; give `python -m ita_onnx export` a folder to write.")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{output} is not empty. Export into a new folder, or pass `--overwrite` (`overwrite=True`) to "
+                "replace it as a whole once the new export is complete."
+            )
+        source = Path(checkpoint).resolve()
+        if source.exists() and (source == output.resolve() or output.resolve() in source.parents):
+            raise ValueError(f"Overwriting {output} would delete the checkpoint {checkpoint} being exported; "
+                             "export into another folder.")
+
+
+def _publish(staging: Path, output: Path, checkpoint: str, overwrite: bool) -> None:
+    """Renames the complete export `staging` to `output`, replacing a non-empty `output` only if `overwrite`."""
+    _check_output(output, checkpoint, overwrite)  # again: another run may have written `output` meanwhile
+    if not output.is_dir() or not any(output.iterdir()):
+        os.replace(staging, output)  # POSIX renames onto an empty folder
+        return
+    # Two renames, no copy: between them `output` is briefly absent, never partial.
+    replaced = output.with_name(f".{output.name}.replaced-{uuid.uuid4().hex[:12]}")
+    output.rename(replaced)
+    staging.rename(output)
+    shutil.rmtree(replaced)

@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig
 from transformers.dynamic_module_utils import get_relative_imports
-from transformers.utils import ModelOutput, cached_file
+from transformers.utils import CONFIG_NAME, ModelOutput, cached_file
 
 try:
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
     from optimum.onnxruntime import ORTModelForCustomTasks
+    from optimum.onnxruntime.constants import ONNX_WEIGHTS_NAME
 except ImportError as error:
     raise ImportError(
         f"An ITA ONNX export runs with ONNX Runtime through optimum, which is not importable here ({error}). "
@@ -38,13 +40,77 @@ except ImportError:
     from configuration_ita import ITAConfig
     from crf_ita import ConditionalRandomField
 
-from .crf_file import CRF_FILE, load_crf, save_crf
+from .crf_file import CRF_FILE, REEXPORT, load_crf, save_crf
 
-# Hub options of `from_pretrained` that also locate config.json and crf.safetensors.
+# Hub options of `from_pretrained` that also locate config.json, the graph and crf.safetensors.
 _HUB_OPTIONS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 # What an export's `auto_map` names for `AutoModelForTokenClassification`: the loader below, in this very file.
 AUTO_MODEL_ENTRY = "modeling_ita_onnx.ITAOnnxForTokenClassification"
 README_FILE = "README.md"
+# Written by `python -m ita_onnx quantize` (and `export --int8`); named here, where the loader's errors need it.
+QUANTIZED_FILE = "model_quantized.onnx"
+# What ONNX Runtime raises for a graph file that is not a complete ONNX model (empty, truncated, overwritten).
+_BROKEN_GRAPH_ERRORS = (InvalidProtobuf, InvalidGraph, InvalidArgument)
+
+
+def _remedy(model_id: Union[str, Path], file_name: str) -> str:
+    """What to do about a missing or broken `file_name` of the export `model_id`."""
+    if file_name == QUANTIZED_FILE:
+        return (f"the int8 graph is written by `python -m ita_onnx export --int8` or afterwards by "
+                f"`python -m ita_onnx quantize {model_id}`; run the latter")
+    return f"every ITA ONNX export has one; {REEXPORT}"
+
+
+def require_file(model_id: Union[str, Path], file_name: str, subfolder: str = "", **hub: Any) -> Path:
+    """The local path of `file_name` in the export `model_id` (fetched from the Hub for a repo id).
+
+    Raises:
+        FileNotFoundError: naming the file and what to do, when the export has no such file.
+    """
+    path, reason = Path(model_id, subfolder, file_name), ""
+    if Path(model_id).is_dir():
+        found = path.is_file()
+    else:
+        try:
+            # None for a missing config.json, which transformers does not count as an error.
+            resolved = cached_file(str(model_id), file_name, subfolder=subfolder, **hub)
+        except OSError as error:
+            resolved, reason = None, f" ({error})"
+        found, path = resolved is not None, Path(resolved or path)
+    if not found:
+        raise FileNotFoundError(f"{path} is missing{reason}: {_remedy(model_id, file_name)}.")
+    return path
+
+
+def read_export_config(model_id: Union[str, Path], subfolder: str = "", **hub: Any) -> ITAConfig:
+    """The `ITAConfig` of an ITA ONNX export, read without trusting remote code.
+
+    Raises:
+        FileNotFoundError: if the export has no `config.json`.
+        OSError: if `config.json` is not valid JSON.
+        ValueError: if it is not the config of a finished ITA ONNX export: another model type, or an `auto_map`
+            that does not send `AutoModelForTokenClassification` to this runtime (a PyTorch checkpoint, or an
+            `optimum-cli export onnx` whose post-processing did not run or finish: it rewrites `config.json` last).
+    """
+    path = require_file(model_id, CONFIG_NAME, subfolder=subfolder, **hub)
+    try:
+        values, _ = ITAConfig.get_config_dict(str(path.parent))
+    except (OSError, ValueError) as error:
+        raise OSError(f"{path} is not a readable config ({error}); {REEXPORT}.") from error
+    if not isinstance(values, dict):
+        raise OSError(f"{path} holds a JSON {type(values).__name__}, not a config object; {REEXPORT}.")
+    if values.get("model_type") != ITAConfig.model_type:
+        raise ValueError(f"{path} describes a {values.get('model_type')!r} model, not an ITA model; ORTModelForITA "
+                         "runs ITA ONNX exports only.")
+    entry = (values.get("auto_map") or {}).get("AutoModelForTokenClassification")
+    if entry != AUTO_MODEL_ENTRY:
+        raise ValueError(
+            f"{path} is not the config of a finished ITA ONNX export: its auto_map sends "
+            f"AutoModelForTokenClassification to {entry!r}, not {AUTO_MODEL_ENTRY!r}. The folder is a PyTorch "
+            f"checkpoint, an export that was interrupted, or one made with `optimum-cli export onnx "
+            f"--no-post-process` (which skips the ITA files); {REEXPORT}."
+        )
+    return ITAConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
 
 
 class ORTModelForITA(ORTModelForCustomTasks):
@@ -65,25 +131,47 @@ class ORTModelForITA(ORTModelForCustomTasks):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: an ITA export keeps its CRF scores there, written by the export's "
-                "post-processing (so not by `optimum-cli export onnx --no-post-process`). Export with `python -m "
-                "ita_onnx export <checkpoint> <out>` or `optimum-cli export onnx --model <checkpoint> --task "
-                "token-classification --trust-remote-code <out>`."
+                f"post-processing (so not by `optimum-cli export onnx --no-post-process`); {REEXPORT}."
             )
         self.crf: ConditionalRandomField = load_crf(path, self.config)
+        logits = self.output_shapes.get("logits")
+        if logits is None or logits[-1] != self.config.num_labels:
+            raise ValueError(
+                f"{self.path} outputs {self.output_shapes}, but the graph of an ITA export outputs logits "
+                f"['batch_size', 'num_words', {self.config.num_labels}] for the {self.config.num_labels} labels of "
+                f"its config.json: the graph and config.json come from different models; {REEXPORT}."
+            )
 
     @classmethod
     def from_pretrained(cls, model_id: Union[str, Path], config: Optional[ITAConfig] = None, **kwargs):
         """Loads an ITA export (local folder or Hub repo); see `optimum.onnxruntime.ORTModel.from_pretrained`.
 
-        The config is read with this module's `ITAConfig`, so no remote code needs to be trusted.
+        The config is read with this module's `ITAConfig`, so no remote code needs to be trusted. Every file the
+        export needs is checked before optimum sees the folder: optimum itself would load another `.onnx` file
+        of the folder when `model.onnx` is missing, or try to export the folder again when it has none.
+
+        Raises:
+            FileNotFoundError: if `config.json`, the graph (`file_name`, default `model.onnx`) or `crf.safetensors`
+                is missing; the message says how to write it.
+            OSError: if one of them is not readable (truncated, overwritten).
+            ValueError: if they do not belong together (labels, tag counts), if the folder is not a finished ITA
+                ONNX export, or for `export=True` (this class only loads exports).
         """
+        if kwargs.pop("export", False):
+            raise ValueError(f"ORTModelForITA loads ITA ONNX exports and does not export; {REEXPORT}.")
         hub = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
         subfolder = kwargs.get("subfolder", "")
         if config is None:
-            config = ITAConfig.from_pretrained(model_id, subfolder=subfolder, **hub)
+            config = read_export_config(model_id, subfolder=subfolder, **hub)
+        file_name = kwargs.setdefault("file_name", ONNX_WEIGHTS_NAME)
+        graph = require_file(model_id, file_name, subfolder=subfolder, **hub)
         # Fetches crf.safetensors next to the graph (a no-op for local folders), where __init__ reads it.
-        cached_file(str(model_id), CRF_FILE, subfolder=subfolder, **hub)
-        return super().from_pretrained(model_id, config=config, **kwargs)
+        require_file(model_id, CRF_FILE, subfolder=subfolder, **hub)
+        try:
+            return super().from_pretrained(model_id, config=config, export=False, **kwargs)
+        except _BROKEN_GRAPH_ERRORS as error:
+            raise OSError(f"{graph} is not a loadable ONNX graph ({error}): it was truncated or overwritten; "
+                          f"{_remedy(model_id, file_name)}.") from error
 
     def forward(
         self,
@@ -212,7 +300,10 @@ def copy_remote_code(
             raise FileNotFoundError(f"{name} is named by config.json (or imported by its remote code) but is in none "
                                     f"of {[str(folder) for folder in sources]}: re-export the checkpoint.")
         target = destination / name
-        if not target.exists() or not found[0].samefile(target):
+        if not (target.exists() and found[0].samefile(target)):
+            # Written anew, so that it follows the umask like the folder's other files: transformers'
+            # `custom_object_save` (run by `config.save_pretrained`) may have put it there with the source's mode.
+            target.unlink(missing_ok=True)
             shutil.copyfile(found[0], target)
         copied.add(name)
         pending += [f"{module}.py" for module in get_relative_imports(str(found[0]))]
