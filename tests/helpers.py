@@ -6,6 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import BertConfig
+
+from configuration_ita import DEFAULT_LABELS, ITAConfig
+from modeling_ita import ITAForTokenClassification
 
 # A fixed commit id for repositories put into a test Hub cache.
 CACHE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -82,13 +86,16 @@ def add_to_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     return snapshot
 
 
-def tiny_ita_model(tokenizer, seed: int = 0, labels: list[str] | None = None, **config_kwargs):
-    """A one-layer random ITA model on `tokenizer`'s vocabulary, its CRF scores random so decoding is not trivial."""
-    from transformers import BertConfig
+# The tag sets the tests use: Twitter-2017's (configuration_ita's default) and a smaller one without MISC.
+LABELS = list(DEFAULT_LABELS)
+PIPELINE_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
-    from configuration_ita import ITAConfig
-    from modeling_ita import ITAForTokenClassification
 
+def tiny_ita_model(
+    tokenizer, seed: int = 0, labels: list[str] | None = None, max_positions: int = 512, **config_kwargs
+) -> ITAForTokenClassification:
+    """A one-layer random ITA model on `tokenizer`'s vocabulary whose CRF has random scores, so decoding is not
+    trivial (emission weights are scaled up so that tags differ from word to word)."""
     torch.manual_seed(seed)
     encoder = BertConfig(
         vocab_size=len(tokenizer),
@@ -96,14 +103,25 @@ def tiny_ita_model(tokenizer, seed: int = 0, labels: list[str] | None = None, **
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
     )
-    config = ITAConfig(
-        encoder_config=encoder, labels=labels or ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], **config_kwargs
-    )
+    config = ITAConfig(encoder_config=encoder, labels=labels or PIPELINE_LABELS, **config_kwargs)
     model = ITAForTokenClassification(config).eval()
     with torch.no_grad():
         model.classifier.weight.mul_(100.0)
         for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
             parameter.normal_()
+    return model
+
+
+def all_entity_model(tokenizer, max_positions: int = 512) -> ITAForTokenClassification:
+    """A model that tags every word, as `B-PER I-PER I-PER ...`: emissions favour PER, transitions B/I → I-PER."""
+    model = tiny_ita_model(tokenizer, seed=1, max_positions=max_positions)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0]))
+        model.crf.transitions.zero_()
+        model.crf.transitions[1:3, 2] = 5.0
+        model.crf.start_transitions.zero_()
+        model.crf.end_transitions.zero_()
     return model

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import noise_image, save_tiny_captioner
 from PIL import Image, ImageDraw, ImageFont
 
 import alignment_ita
@@ -26,6 +25,7 @@ from alignment_ita import (
     spec_is_precomputed,
 )
 from configuration_ita import ITAConfig
+from helpers import noise_image, save_tiny_captioner
 
 
 def render_text(text: str, size: tuple[int, int] = (640, 160), font_size: int = 48) -> Image.Image:

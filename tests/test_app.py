@@ -21,8 +21,9 @@ gradio_client = pytest.importorskip(
 )
 pytest.importorskip("gradio", reason="Gradio 6 is not installed (the `app` extra; it needs the transformers-5 stack)")
 
-from conftest import REPO  # noqa: E402
 from test_handler import assert_requirements_met, image_server, save_captioned_checkpoint, save_images  # noqa: E402
+
+from conftest import REPO  # noqa: E402
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
 TWEET = "Obama visits Paris with Merkel"

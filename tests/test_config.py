@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import tiny_encoder_config
 
 from configuration_ita import DEFAULT_LABELS, ITAConfig
+from conftest import tiny_encoder_config
 
 T15_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+
 from conftest import REPO
 
 pytestmark = pytest.mark.onnx  # the demo exports and runs the ONNX model

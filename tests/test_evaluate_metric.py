@@ -10,7 +10,6 @@ import warnings
 import pytest
 import transformers
 from datasets import load_from_disk
-from fresh_process import run_fresh_python
 from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
 from seqeval.scheme import IOB2
@@ -18,6 +17,7 @@ from test_preprocess import write_umt
 from test_train import train_args
 
 import train
+from fresh_process import run_fresh_python
 from ita_training.metrics import METRIC_PATH
 from preprocess import read_umt
 from preprocess.__main__ import main as preprocess_main

@@ -4,9 +4,10 @@ import copy
 
 import pytest
 import torch
-from conftest import TWEETS
-from test_pipeline import tiny_model
 from transformers import AutoModelForTokenClassification, pipeline
+
+from conftest import TWEETS
+from helpers import tiny_ita_model
 
 HALF = [torch.bfloat16, torch.float16]
 
@@ -14,7 +15,7 @@ HALF = [torch.bfloat16, torch.float16]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, minilm_tokenizer):
     folder = tmp_path_factory.mktemp("half") / "ckpt"
-    model = tiny_model(minilm_tokenizer, seed=5)
+    model = tiny_ita_model(minilm_tokenizer, seed=5)
     model.save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     return folder

@@ -5,9 +5,9 @@ import threading
 import time
 
 import pytest
-from test_pipeline import all_entity_model, tiny_model
 
 from encoding_ita import encode_example
+from helpers import all_entity_model, tiny_ita_model
 from pipeline_ita import MultimodalNERPipeline
 from pretokenizer_ita import TweetPreTokenizer
 
@@ -23,7 +23,7 @@ INPUTS = [
 @pytest.fixture(scope="module")
 def pipe(minilm_tokenizer):
     return MultimodalNERPipeline(
-        model=tiny_model(minilm_tokenizer, seed=11, max_positions=512), tokenizer=minilm_tokenizer
+        model=tiny_ita_model(minilm_tokenizer, seed=11, max_positions=512), tokenizer=minilm_tokenizer
     )
 
 

@@ -3,10 +3,9 @@
 import torch
 
 from encoding_ita import encode_example, pad_batch
+from helpers import LABELS
 from modeling_ita import ITAForTokenClassification
 from preprocess.readers import read_umt
-
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 
 
 def test_a_few_steps_on_real_tweets_lower_the_loss(minilm_dir, minilm_tokenizer, shared_data):

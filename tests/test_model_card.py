@@ -13,7 +13,6 @@ import pytest
 import yaml
 from datasets import Dataset
 from huggingface_hub import ModelCard
-from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
 
 import train
 from configuration_ita import ITAConfig
@@ -25,6 +24,7 @@ from ita_training.model_card import (
     encoder_hub_id,
     write_model_card,
 )
+from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]

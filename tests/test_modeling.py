@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import TWEETS, tiny_encoder_config
 
 from configuration_ita import ITAConfig
+from conftest import TWEETS, tiny_encoder_config
 from crf_ita import PAD_TAG
 from encoding_ita import encode_example, pad_batch
 from modeling_ita import ITAForTokenClassification

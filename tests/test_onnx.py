@@ -17,17 +17,17 @@ import pytest
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
-from conftest import REPO
 from configuration_ita import ITAConfig
+from conftest import REPO
 from crf_ita import PAD_TAG, marginals_numpy, viterbi_decode_numpy
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
+from helpers import LABELS
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")
 pytestmark = pytest.mark.onnx
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 # Shapes of optimum's dummy inputs at export time (DEFAULT_DUMMY_SHAPES and WordIndexInputGenerator).
 EXPORT_SHAPES = {"batch_size": 2, "sequence_length": 16, "num_words": 7}
 
@@ -36,8 +36,14 @@ EXPORT_SHAPES = {"batch_size": 2, "sequence_length": 16, "num_words": 7}
 def tiny_model(tmp_path_factory, minilm_tokenizer):
     """A one-layer random ITA model whose emissions and CRF scores are large enough to decide the tags."""
     torch.manual_seed(0)
-    encoder = {"model_type": "bert", "vocab_size": len(minilm_tokenizer), "hidden_size": 16, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "intermediate_size": 32}
+    encoder = {
+        "model_type": "bert",
+        "vocab_size": len(minilm_tokenizer),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS)).eval()
     with torch.no_grad():
         # At the default init (std 0.02) emissions are ~0.1 and every tag would come from the transitions.
@@ -55,8 +61,14 @@ def run_cli(*arguments, hf_modules):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # The export loads the checkpoint's remote code; a private modules cache keeps other runs' code out.
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(hf_modules))
-    result = subprocess.run([sys.executable, "-m", "ita_onnx", *map(str, arguments)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "ita_onnx", *map(str, arguments)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -82,8 +94,10 @@ def twitter2017(shared_data, minilm_tokenizer):
     segments = aligner.align([None] * len(tweets), image_ids=[tweet.image for tweet in tweets])
     contexts = [VisualContextBuilder().build(segment)[0] for segment in segments]
     assert sum(bool(context) for context in contexts) >= 35, "the BLIP-2 captions did not match the tweets"
-    features = [encode_example(minilm_tokenizer, tweet.tokens, context, text_view=False)
-                for tweet, context in zip(tweets, contexts)]
+    features = [
+        encode_example(minilm_tokenizer, tweet.tokens, context, text_view=False)
+        for tweet, context in zip(tweets, contexts)
+    ]
     return tweets, contexts, features
 
 
@@ -102,11 +116,15 @@ def test_cli_export_writes_dynamic_graph_crf_and_int8(export_dir, tiny_model):
     names = {path.name for path in export_dir.iterdir()}
     assert {"model.onnx", "model_quantized.onnx", "crf.safetensors", "config.json", "tokenizer.json"} <= names
     graph = onnx.load(str(export_dir / "model.onnx")).graph
-    axes = {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-            for value in list(graph.input) + list(graph.output)}
+    axes = {
+        value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in list(graph.input) + list(graph.output)
+    }
     assert axes == {
-        "input_ids": ["batch_size", "sequence_length"], "attention_mask": ["batch_size", "sequence_length"],
-        "token_type_ids": ["batch_size", "sequence_length"], "word_index": ["batch_size", "num_words"],
+        "input_ids": ["batch_size", "sequence_length"],
+        "attention_mask": ["batch_size", "sequence_length"],
+        "token_type_ids": ["batch_size", "sequence_length"],
+        "word_index": ["batch_size", "num_words"],
         "logits": ["batch_size", "num_words", len(LABELS)],
     }
     # The emissions graph does not contain the CRF: none of its scores is a graph constant.
@@ -115,8 +133,9 @@ def test_cli_export_writes_dynamic_graph_crf_and_int8(export_dir, tiny_model):
     assert not any(c.shape == transitions.shape and np.allclose(c, transitions) for c in constants)
 
 
-def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(export_dir, tiny_model, twitter2017,
-                                                                       minilm_tokenizer):
+def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(
+    export_dir, tiny_model, twitter2017, minilm_tokenizer
+):
     from ita_onnx import ORTModelForITA
 
     model, _ = tiny_model
@@ -141,8 +160,10 @@ def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(export_d
         tags = viterbi_decode_numpy(logits.numpy(), mask, *decoding)
         np.testing.assert_array_equal(tags, reference.tags.numpy())
         assert entities(tags, model.config.id2label) == entities(reference.tags.numpy(), model.config.id2label)
-        plain = [p.detach().numpy() for p in (ort_model.crf.transitions, ort_model.crf.start_transitions,
-                                             ort_model.crf.end_transitions)]
+        plain = [
+            p.detach().numpy()
+            for p in (ort_model.crf.transitions, ort_model.crf.start_transitions, ort_model.crf.end_transitions)
+        ]
         marginals = marginals_numpy(logits.numpy(), mask, *plain)
         scores = np.take_along_axis(marginals, np.maximum(tags, 0)[:, :, None], axis=2)[:, :, 0] * mask
         np.testing.assert_allclose(scores, reference.tag_scores.numpy(), atol=1e-4)
@@ -153,8 +174,9 @@ def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(export_d
     assert sum(len(e) for e in entities(reference.tags.numpy(), model.config.id2label)) > 10
 
 
-def test_pipeline_returns_the_same_entities_with_ort_as_with_pytorch(export_dir, tiny_model, twitter2017,
-                                                                   minilm_tokenizer):
+def test_pipeline_returns_the_same_entities_with_ort_as_with_pytorch(
+    export_dir, tiny_model, twitter2017, minilm_tokenizer
+):
     from ita_onnx import ORTModelForITA
     from pipeline_ita import MultimodalNERPipeline
 
@@ -168,8 +190,9 @@ def test_pipeline_returns_the_same_entities_with_ort_as_with_pytorch(export_dir,
     assert len(results["ort"]) == len(tweets)
     assert sum(len(found) for found in results["pytorch"]) > 20
     for reference, ort in zip(results["pytorch"], results["ort"]):
-        assert [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in ort] == \
-            [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in reference]
+        assert [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in ort] == [
+            (e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in reference
+        ]
         np.testing.assert_allclose([e["score"] for e in ort], [e["score"] for e in reference], atol=1e-4)
 
 
@@ -222,8 +245,9 @@ def test_pipeline_opens_the_int8_graph_of_an_export_by_file_name(export_dir, twi
     expected = ner(inputs, aggregation_strategy="none")
     assert sum(len(found) for found in expected) > 5
     for found, reference in zip(report["entities"], expected, strict=True):
-        assert [(e["entity"], e["index"], e["start"], e["end"]) for e in found] == \
-            [(e["entity"], e["index"], e["start"], e["end"]) for e in reference]
+        assert [(e["entity"], e["index"], e["start"], e["end"]) for e in found] == [
+            (e["entity"], e["index"], e["start"], e["end"]) for e in reference
+        ]
         np.testing.assert_allclose([e["score"] for e in found], [e["score"] for e in reference], atol=1e-6)
 
 
@@ -238,8 +262,10 @@ def test_save_pretrained_round_trip_keeps_graph_and_crf(export_dir, tmp_path, tw
     code = {p.name: p.read_bytes() for p in export_dir.glob("*.py")}
     assert {"modeling_ita_onnx.py", "crf_file.py", "pipeline_ita.py", "configuration_ita.py"} <= set(code)
     assert {p.name: p.read_bytes() for p in (tmp_path / "copy").glob("*.py")} == code
-    assert json.loads((tmp_path / "copy" / "config.json").read_text())["auto_map"] == \
-        json.loads((export_dir / "config.json").read_text())["auto_map"]
+    assert (
+        json.loads((tmp_path / "copy" / "config.json").read_text())["auto_map"]
+        == json.loads((export_dir / "config.json").read_text())["auto_map"]
+    )
     copy = ORTModelForITA.from_pretrained(tmp_path / "copy", file_name="model_quantized.onnx")
     assert copy.config.labels == LABELS and copy.config.crf_bio_constraints
     for name in ("transitions", "start_transitions", "end_transitions"):
@@ -276,13 +302,16 @@ def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path,
     tiny_xlmr_tokenizer.save_pretrained(tmp_path / "checkpoint")
     ort_model = ORTModelForITA.from_pretrained(run_export_cli(tmp_path / "checkpoint", tmp_path / "onnx"))
     assert set(ort_model.input_names) == {"input_ids", "attention_mask", "word_index"}
-    features = [encode_example(tiny_xlmr_tokenizer, tweet.split(), "a man on a court", max_length=100) for tweet in TWEETS]
+    features = [
+        encode_example(tiny_xlmr_tokenizer, tweet.split(), "a man on a court", max_length=100) for tweet in TWEETS
+    ]
     batch = pad_batch(features, tiny_xlmr_tokenizer.pad_token_id)
     assert "token_type_ids" not in batch
     with torch.no_grad():
         reference = model(batch["input_ids"], batch["word_index"], batch["attention_mask"]).logits
-    logits = ort_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       word_index=batch["word_index"]).logits
+    logits = ort_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], word_index=batch["word_index"]
+    ).logits
     assert (logits - reference).abs().max().item() <= 1e-4
 
     assert not (tmp_path / "onnx" / "model_quantized.onnx").exists()
@@ -290,8 +319,9 @@ def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path,
     operators = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "model_quantized.onnx")).graph.node}
     assert "MatMulInteger" in operators
     int8 = ORTModelForITA.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
-    quantized = int8(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     word_index=batch["word_index"]).logits
+    quantized = int8(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], word_index=batch["word_index"]
+    ).logits
     assert 0 < (quantized - logits).abs().max().item() < 0.1 * logits.abs().max().item()
 
 
@@ -335,12 +365,19 @@ def test_model_pipeline_and_ita_onnx_import_without_the_onnx_extra(tmp_path):
     """)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["leaked"] == []
     assert "pip install 'ita-mner[onnx]'" in report["message"]
-    cli = subprocess.run([sys.executable, "-m", "ita_onnx", "export", "a", "b"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [sys.executable, "-m", "ita_onnx", "export", "a", "b"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode != 0 and "pip install 'ita-mner[onnx]'" in cli.stderr

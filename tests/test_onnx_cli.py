@@ -20,29 +20,46 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TWEETS
 from configuration_ita import ITAConfig
+from conftest import REPO, TWEETS
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
+from helpers import LABELS
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.exporters.onnx", reason="the onnx extra (optimum, optimum-onnx) is not installed")
 pytestmark = pytest.mark.onnx
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 CONTEXT = "a man playing basketball on a court with a crowd"
 OPTIMUM_CLI = Path(sys.executable).with_name("optimum-cli")
 # The project's own modules: hidden from the process that opens the export, so only the folder's code can run.
-PROJECT_MODULES = ("configuration_ita", "modeling_ita", "crf_ita", "pipeline_ita", "alignment_ita", "encoding_ita",
-                   "pretokenizer_ita", "ita_onnx", "ita_training", "preprocess", "train")
+PROJECT_MODULES = (
+    "configuration_ita",
+    "modeling_ita",
+    "crf_ita",
+    "pipeline_ita",
+    "alignment_ita",
+    "encoding_ita",
+    "pretokenizer_ita",
+    "ita_onnx",
+    "ita_training",
+    "preprocess",
+    "train",
+)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, minilm_tokenizer):
     """A one-layer random ITA model with emissions and CRF scores large enough to decide the tags, saved."""
     torch.manual_seed(0)
-    encoder = {"model_type": "bert", "vocab_size": len(minilm_tokenizer), "hidden_size": 16, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "intermediate_size": 32}
+    encoder = {
+        "model_type": "bert",
+        "vocab_size": len(minilm_tokenizer),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS)).eval()
     with torch.no_grad():
         model.classifier.weight.normal_(std=1.0)
@@ -58,8 +75,9 @@ def run_as_user(command: list, workdir: Path) -> subprocess.CompletedProcess:
     """`command` from `workdir` (outside the checkout), without PYTHONPATH, offline, with its own modules cache."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf_modules"))
-    result = subprocess.run([str(part) for part in command], cwd=workdir, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [str(part) for part in command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -68,8 +86,20 @@ def run_as_user(command: list, workdir: Path) -> subprocess.CompletedProcess:
 def exports(checkpoint):
     _, folder = checkpoint
     root = folder.parent
-    run_as_user([OPTIMUM_CLI, "export", "onnx", "--model", folder, "--task", "token-classification",
-                 "--trust-remote-code", root / "cli"], root)
+    run_as_user(
+        [
+            OPTIMUM_CLI,
+            "export",
+            "onnx",
+            "--model",
+            folder,
+            "--task",
+            "token-classification",
+            "--trust-remote-code",
+            root / "cli",
+        ],
+        root,
+    )
     run_as_user([sys.executable, "-m", "ita_onnx", "export", folder, root / "python"], root)
     return {"cli": root / "cli", "python": root / "python"}
 
@@ -95,8 +125,18 @@ def test_the_plugin_is_a_module_of_optimums_namespace_package(tmp_path):
 
 def test_cli_and_python_exports_write_the_same_folder(exports):
     cli, python = files(exports["cli"]), files(exports["python"])
-    assert {"model.onnx", "crf.safetensors", "config.json", "README.md", "tokenizer.json", "configuration_ita.py",
-            "modeling_ita_onnx.py", "crf_file.py", "pipeline_ita.py", "crf_ita.py"} <= set(cli)
+    assert {
+        "model.onnx",
+        "crf.safetensors",
+        "config.json",
+        "README.md",
+        "tokenizer.json",
+        "configuration_ita.py",
+        "modeling_ita_onnx.py",
+        "crf_file.py",
+        "pipeline_ita.py",
+        "crf_ita.py",
+    } <= set(cli)
     assert sorted(cli) == sorted(python)
     assert [name for name in cli if cli[name] != python[name]] == []
 
@@ -192,8 +232,9 @@ def test_pipeline_opens_the_export_on_its_own_code_and_matches_pytorch(exports, 
     assert sum(len(found) for found in reference) >= len(TWEETS)
     for name in ("onnx", "onnx_by_task"):
         for found, expected in zip(report[name]["entities"], reference, strict=True):
-            assert [(e["entity"], e["index"], e["start"], e["end"]) for e in found] == \
-                [(e["entity"], e["index"], e["start"], e["end"]) for e in expected]
+            assert [(e["entity"], e["index"], e["start"], e["end"]) for e in found] == [
+                (e["entity"], e["index"], e["start"], e["end"]) for e in expected
+            ]
             assert max((abs(a["score"] - b["score"]) for a, b in zip(found, expected)), default=0) <= 1e-5
 
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
-from fresh_process import run_fresh_python
 from safetensors.torch import load_file, save_file
 
 from configuration_ita import ITAConfig
+from conftest import REPO
+from fresh_process import run_fresh_python
+from helpers import LABELS
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")
 pytestmark = pytest.mark.onnx
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 # The umask of the module's export: not the usual 022, so that following it is told apart from a fixed mode.
 UMASK = 0o027
 REEXPORT = "python -m ita_onnx export <checkpoint> <out>"
@@ -40,8 +40,15 @@ def ita_onnx_command(*arguments, workdir: Path, umask: int = 0o022) -> subproces
     """`python -m ita_onnx ...` as a user runs it: no PYTHONPATH, offline, a private HF modules cache."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf_modules"))
-    return subprocess.Popen([sys.executable, "-m", "ita_onnx", *map(str, arguments)], cwd=REPO, env=env,
-                            umask=umask, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ita_onnx", *map(str, arguments)],
+        cwd=REPO,
+        env=env,
+        umask=umask,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_ita_onnx(*arguments, workdir: Path, umask: int = 0o022) -> subprocess.CompletedProcess:
@@ -53,8 +60,14 @@ def run_ita_onnx(*arguments, workdir: Path, umask: int = 0o022) -> subprocess.Co
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, minilm_tokenizer) -> Path:
     torch.manual_seed(0)
-    encoder = {"model_type": "bert", "vocab_size": len(minilm_tokenizer), "hidden_size": 16, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "intermediate_size": 32}
+    encoder = {
+        "model_type": "bert",
+        "vocab_size": len(minilm_tokenizer),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     folder = tmp_path_factory.mktemp("onnx_errors") / "checkpoint"
     ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
@@ -119,8 +132,9 @@ def test_killed_export_leaves_the_output_as_it_was_and_the_rerun_replaces_it(int
 
 def test_every_file_of_an_export_follows_the_umask(export_dir):
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in export_dir.iterdir()}
-    assert {"crf.safetensors", "model.onnx", "model_quantized.onnx", "config.json", "configuration_ita.py"} \
-        <= set(modes)
+    assert {"crf.safetensors", "model.onnx", "model_quantized.onnx", "config.json", "configuration_ita.py"} <= set(
+        modes
+    )
     # 0o666 & ~0o027: safetensors' save_file left crf.safetensors at 0o600, and transformers' copy of the
     # checkpoint's configuration_ita.py carried the source file's mode.
     assert {name: mode for name, mode in modes.items() if mode != 0o640} == {}
@@ -145,49 +159,105 @@ def edit_config(path: Path, **values) -> None:
 
 
 FIVE_LABELS = {"id2label": dict(enumerate(LABELS[:5])), "label2id": {label: i for i, label in enumerate(LABELS[:5])}}
-FIVE_TAG_CRF = {"transitions": torch.zeros(5, 5), "start_transitions": torch.zeros(5),
-                "end_transitions": torch.zeros(5)}
+FIVE_TAG_CRF = {
+    "transitions": torch.zeros(5, 5),
+    "start_transitions": torch.zeros(5),
+    "end_transitions": torch.zeros(5),
+}
 QUANTIZE = "python -m ita_onnx quantize {folder}"
 
 # id -> (how the copy is broken, from_pretrained options, error type, file named, what the message must also say)
 BROKEN = {
-    "crf_truncated": (lambda d: truncate(d / "crf.safetensors"), {}, OSError, "crf.safetensors",
-                      ["not a readable safetensors file", REEXPORT]),
-    "crf_wrong_shapes": (lambda d: edit_crf(d / "crf.safetensors", transitions=torch.zeros(5, 5)), {}, ValueError,
-                         "crf.safetensors",
-                         ["transitions (9, 9), start_transitions (9,), end_transitions (9,)", "transitions (5, 5)",
-                          REEXPORT]),
-    "crf_missing_tensor": (lambda d: edit_crf(d / "crf.safetensors", end_transitions=None), {}, ValueError,
-                           "crf.safetensors", ["but holds transitions (9, 9), start_transitions (9,):", REEXPORT]),
-    "crf_missing": (lambda d: (d / "crf.safetensors").unlink(), {}, FileNotFoundError, "crf.safetensors",
-                    [REEXPORT]),
+    "crf_truncated": (
+        lambda d: truncate(d / "crf.safetensors"),
+        {},
+        OSError,
+        "crf.safetensors",
+        ["not a readable safetensors file", REEXPORT],
+    ),
+    "crf_wrong_shapes": (
+        lambda d: edit_crf(d / "crf.safetensors", transitions=torch.zeros(5, 5)),
+        {},
+        ValueError,
+        "crf.safetensors",
+        ["transitions (9, 9), start_transitions (9,), end_transitions (9,)", "transitions (5, 5)", REEXPORT],
+    ),
+    "crf_missing_tensor": (
+        lambda d: edit_crf(d / "crf.safetensors", end_transitions=None),
+        {},
+        ValueError,
+        "crf.safetensors",
+        ["but holds transitions (9, 9), start_transitions (9,):", REEXPORT],
+    ),
+    "crf_missing": (lambda d: (d / "crf.safetensors").unlink(), {}, FileNotFoundError, "crf.safetensors", [REEXPORT]),
     # optimum alone loads the int8 graph instead, silently.
     "graph_missing": (lambda d: (d / "model.onnx").unlink(), {}, FileNotFoundError, "model.onnx", [REEXPORT]),
     # optimum alone tries to export the folder again, and fails on trust_remote_code.
-    "no_graph_at_all": (lambda d: [(d / name).unlink() for name in ("model.onnx", "model_quantized.onnx")], {},
-                        FileNotFoundError, "model.onnx", [REEXPORT]),
-    "graph_truncated": (lambda d: truncate(d / "model.onnx", 5000), {}, OSError, "model.onnx",
-                        ["not a loadable ONNX graph", REEXPORT]),
-    "int8_missing": (lambda d: (d / "model_quantized.onnx").unlink(), {"file_name": "model_quantized.onnx"},
-                     FileNotFoundError, "model_quantized.onnx", [QUANTIZE]),
-    "int8_truncated": (lambda d: truncate(d / "model_quantized.onnx", 5000), {"file_name": "model_quantized.onnx"},
-                       OSError, "model_quantized.onnx", ["not a loadable ONNX graph", QUANTIZE]),
+    "no_graph_at_all": (
+        lambda d: [(d / name).unlink() for name in ("model.onnx", "model_quantized.onnx")],
+        {},
+        FileNotFoundError,
+        "model.onnx",
+        [REEXPORT],
+    ),
+    "graph_truncated": (
+        lambda d: truncate(d / "model.onnx", 5000),
+        {},
+        OSError,
+        "model.onnx",
+        ["not a loadable ONNX graph", REEXPORT],
+    ),
+    "int8_missing": (
+        lambda d: (d / "model_quantized.onnx").unlink(),
+        {"file_name": "model_quantized.onnx"},
+        FileNotFoundError,
+        "model_quantized.onnx",
+        [QUANTIZE],
+    ),
+    "int8_truncated": (
+        lambda d: truncate(d / "model_quantized.onnx", 5000),
+        {"file_name": "model_quantized.onnx"},
+        OSError,
+        "model_quantized.onnx",
+        ["not a loadable ONNX graph", QUANTIZE],
+    ),
     # transformers alone reads a folder without config.json as the default ITAConfig.
     "config_missing": (lambda d: (d / "config.json").unlink(), {}, FileNotFoundError, "config.json", [REEXPORT]),
-    "config_garbage": (lambda d: (d / "config.json").write_text('{"model_type": "ita", '), {}, OSError, "config.json",
-                       ["not a readable config", REEXPORT]),
+    "config_garbage": (
+        lambda d: (d / "config.json").write_text('{"model_type": "ita", '),
+        {},
+        OSError,
+        "config.json",
+        ["not a readable config", REEXPORT],
+    ),
     # optimum-cli rewrites config.json last: an interrupted run leaves optimum's, naming the PyTorch class.
     "config_of_unfinished_export": (
-        lambda d: edit_config(d / "config.json", auto_map={"AutoConfig": "configuration_ita.ITAConfig",
-                                                           "AutoModelForTokenClassification":
-                                                               "modeling_ita.ITAForTokenClassification"}),
-        {}, ValueError, "config.json", ["not the config of a finished ITA ONNX export", REEXPORT]),
-    "config_of_another_model": (lambda d: edit_config(d / "config.json", **FIVE_LABELS), {}, ValueError,
-                                "crf.safetensors", ["transitions (5, 5)", "holds transitions (9, 9)", REEXPORT]),
-    "graph_of_another_model": (lambda d: (edit_config(d / "config.json", **FIVE_LABELS),
-                                          edit_crf(d / "crf.safetensors", **FIVE_TAG_CRF)),
-                               {}, ValueError, "model.onnx", ["'logits': ['batch_size', 'num_words', 9]", "5 labels",
-                                                              REEXPORT]),
+        lambda d: edit_config(
+            d / "config.json",
+            auto_map={
+                "AutoConfig": "configuration_ita.ITAConfig",
+                "AutoModelForTokenClassification": "modeling_ita.ITAForTokenClassification",
+            },
+        ),
+        {},
+        ValueError,
+        "config.json",
+        ["not the config of a finished ITA ONNX export", REEXPORT],
+    ),
+    "config_of_another_model": (
+        lambda d: edit_config(d / "config.json", **FIVE_LABELS),
+        {},
+        ValueError,
+        "crf.safetensors",
+        ["transitions (5, 5)", "holds transitions (9, 9)", REEXPORT],
+    ),
+    "graph_of_another_model": (
+        lambda d: (edit_config(d / "config.json", **FIVE_LABELS), edit_crf(d / "crf.safetensors", **FIVE_TAG_CRF)),
+        {},
+        ValueError,
+        "model.onnx",
+        ["'logits': ['batch_size', 'num_words', 9]", "5 labels", REEXPORT],
+    ),
 }
 
 

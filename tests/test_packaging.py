@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_shards import write_caption_shards
 
 from ita_training.hub import check_hub_folder
 from ita_training.model_card import MINILM_HUB_ID
+from tiny_shards import write_caption_shards
 
 REPO = Path(__file__).resolve().parents[1]
 # What a build must not copy from the checkout: environments, VCS data and build leftovers.

@@ -7,17 +7,15 @@ import logging
 import numpy as np
 import pytest
 import torch
-from fresh_process import run_fresh_python
-from transformers import BertConfig
 
 from alignment_ita import Aligner, RapidOCRAligner, VisualContextBuilder, load_image
-from configuration_ita import ITAConfig
 from encoding_ita import encode_example, pad_batch
-from modeling_ita import ITAForTokenClassification
+from fresh_process import run_fresh_python
+from helpers import PIPELINE_LABELS as LABELS
+from helpers import all_entity_model, tiny_ita_model
 from pipeline_ita import MultimodalNERPipeline
 from pretokenizer_ita import TweetPreTokenizer
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 TWEETS = [
     "RT @NBA: Kawhi Leonard's #Raptors beat Boston 🏀🔥 https://t.co/Z3neVBQ7vF",
     "Chris Paul in Los Angeles w/ Blake Griffin",
@@ -39,38 +37,6 @@ def assert_same_entities(actual, expected) -> None:
     assert scores(actual) == pytest.approx(scores(expected), abs=1e-6)
 
 
-def tiny_model(tokenizer, seed: int, max_positions: int = 512, **config_kwargs) -> ITAForTokenClassification:
-    """A one-layer random ITA model whose CRF has random transitions, so decoding is not trivial."""
-    torch.manual_seed(seed)
-    encoder = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=max_positions,
-    )
-    model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS, **config_kwargs)).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(100.0)
-        for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
-            parameter.normal_()
-    return model
-
-
-def all_entity_model(tokenizer, max_positions: int = 512) -> ITAForTokenClassification:
-    """A model that tags every word, as `B-PER I-PER I-PER ...`: emissions favour PER, transitions B/I → I-PER."""
-    model = tiny_model(tokenizer, seed=1, max_positions=max_positions)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor([0.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0]))
-        model.crf.transitions.zero_()
-        model.crf.transitions[1:3, 2] = 5.0
-        model.crf.start_transitions.zero_()
-        model.crf.end_transitions.zero_()
-    return model
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """The tiny models run fastest on one thread, and the cores are shared: two threads contend badly."""
@@ -82,7 +48,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def pipe(minilm_tokenizer):
-    return MultimodalNERPipeline(model=tiny_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer)
+    return MultimodalNERPipeline(model=tiny_ita_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +230,7 @@ def picture(shared_data):
 
 
 def test_aligners_from_the_config_turn_images_into_context(minilm_tokenizer, picture):
-    model = tiny_model(minilm_tokenizer, seed=0, aligners=[ConstantCaptionAligner().to_dict()])
+    model = tiny_ita_model(minilm_tokenizer, seed=0, aligners=[ConstantCaptionAligner().to_dict()])
     ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)
     with_image = ner(TWEETS[1], image=str(picture), return_visual_context=True)
     assert with_image["visual_context"] == "a man holding a basketball"
@@ -279,7 +245,7 @@ def test_aligners_from_the_config_turn_images_into_context(minilm_tokenizer, pic
 
 
 def test_unreadable_images_warn_once_and_tag_text_only(minilm_tokenizer, tmp_path, caplog):
-    model = tiny_model(minilm_tokenizer, seed=0, aligners=[ConstantCaptionAligner().to_dict()])
+    model = tiny_ita_model(minilm_tokenizer, seed=0, aligners=[ConstantCaptionAligner().to_dict()])
     ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)
     text_only = ner(TWEETS[0], visual_context="")
     (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
@@ -294,7 +260,7 @@ def test_unreadable_images_warn_once_and_tag_text_only(minilm_tokenizer, tmp_pat
 
 def test_precomputed_contexts_unavailable_say_so_once_and_run_text_only(minilm_tokenizer, tmp_path, caplog, picture):
     spec = {"type": "precomputed", "files": [{"name": "BLIP2_15.txt", "sha256": "0" * 64, "source": "BLIP-2"}]}
-    model = tiny_model(minilm_tokenizer, seed=0, aligners=[spec])
+    model = tiny_ita_model(minilm_tokenizer, seed=0, aligners=[spec])
     with caplog.at_level(logging.WARNING):
         ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)
         results = [ner(TWEETS[1], image=str(picture), return_visual_context=True) for _ in range(3)]
@@ -306,7 +272,9 @@ def test_precomputed_contexts_unavailable_say_so_once_and_run_text_only(minilm_t
 
 def test_real_ocr_context_from_a_real_tweet_image(minilm_tokenizer, picture):
     ocr = RapidOCRAligner(threads=1)
-    ner = MultimodalNERPipeline(model=tiny_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer, aligners=ocr)
+    ner = MultimodalNERPipeline(
+        model=tiny_ita_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer, aligners=ocr
+    )
     tweet = "@NBA _ Skits : Will Chris Paul ever catch a break ? http://t.co/1brhzuuGVl"
     result = ner(tweet, image=str(picture), return_visual_context=True)
     expected_context, sources = VisualContextBuilder().build(ocr(load_image(picture)))

@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from conftest import TWEETS
 from safetensors.torch import load_file, save_file
-from test_pipeline import tiny_model
 from transformers import AutoModelForTokenClassification, TokenClassificationPipeline, pipeline
+
+from conftest import TWEETS
+from helpers import tiny_ita_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, minilm_tokenizer):
     folder = tmp_path_factory.mktemp("tasks") / "ckpt"
-    model = tiny_model(minilm_tokenizer, seed=7)
+    model = tiny_ita_model(minilm_tokenizer, seed=7)
     model.save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     return folder

@@ -9,8 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fresh_process import run_fresh_python
-from helpers import CACHE_COMMIT, add_to_hub_cache, noise_image, save_tiny_captioner, tiny_ita_model
 
 import train
 from alignment_ita import (
@@ -22,6 +20,8 @@ from alignment_ita import (
     normalize_spec,
 )
 from configuration_ita import ITAConfig
+from fresh_process import run_fresh_python
+from helpers import CACHE_COMMIT, add_to_hub_cache, noise_image, save_tiny_captioner, tiny_ita_model
 from pipeline_ita import MultimodalNERPipeline
 from preprocess import preprocess
 

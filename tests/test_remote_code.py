@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from conftest import TWEETS, tiny_encoder_config
-from fresh_process import run_fresh_python
 
 from configuration_ita import ITAConfig
+from conftest import TWEETS, tiny_encoder_config
 from encoding_ita import encode_example, pad_batch
+from fresh_process import run_fresh_python
 from modeling_ita import ITAForTokenClassification
 
 LOAD_AND_RUN = """
@@ -91,8 +91,9 @@ def test_remote_code_files_need_only_torch_numpy_and_transformers():
     # inside functions included) names a package that is not installed: a checkpoint must load with just these.
     import sys
 
-    from conftest import REPO
     from transformers.dynamic_module_utils import get_imports
+
+    from conftest import REPO
 
     files = sorted(REPO.glob("*_ita.py"))
     assert {"configuration_ita.py", "modeling_ita.py", "crf_ita.py", "pipeline_ita.py"} <= {f.name for f in files}

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TWEETS
-from fresh_process import run_fresh_python
-from test_pipeline import LABELS, tiny_model
 
+from conftest import REPO, TWEETS
 from crf_ita import bio_transition_constraints
+from fresh_process import run_fresh_python
+from helpers import PIPELINE_LABELS as LABELS
+from helpers import tiny_ita_model
 from modeling_ita import ITAForTokenClassification
 
 STACKS = {"pinned": REPO / ".venv" / "bin" / "python", "latest": REPO / ".venv-latest" / "bin" / "python"}
@@ -80,7 +81,7 @@ def assert_same_tagging(actual: dict, expected: dict) -> None:
 def checkpoint(tmp_path_factory, minilm_tokenizer) -> tuple[Path, ITAForTokenClassification]:
     """A checkpoint folder with non-zero CRF scores, copied away from where it was written."""
     written = tmp_path_factory.mktemp("written") / "ckpt"
-    model = tiny_model(minilm_tokenizer, seed=3)
+    model = tiny_ita_model(minilm_tokenizer, seed=3)
     model.save_pretrained(written)
     minilm_tokenizer.save_pretrained(written)
     copied = tmp_path_factory.mktemp("user") / "my-ita-model"

@@ -6,10 +6,10 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from alignment_ita import VisualContextBuilder
+from helpers import LABELS
 from preprocess.align import output_features
 from preprocess.shards import SETTINGS_FILE
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 # (tweet, tags, caption): like the BLIP-2 shards, the only segment is a precomputed caption, and not every
 # tweet has one.
 TWEETS = [
