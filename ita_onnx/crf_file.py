@@ -9,7 +9,6 @@ imports with the absolute fallback used inside this package.
 """
 
 from pathlib import Path
-from typing import Union
 
 from safetensors import SafetensorError
 from safetensors.torch import load, save
@@ -23,20 +22,25 @@ except ImportError:
 
 CRF_FILE = "crf.safetensors"
 # What every error about a missing or broken file of an export tells the user to do.
-REEXPORT = ("re-export the checkpoint into a new folder with `python -m ita_onnx export <checkpoint> <out>` (or "
-            "`optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>`)")
+REEXPORT = (
+    "re-export the checkpoint into a new folder with `python -m ita_onnx export <checkpoint> <out>` (or "
+    "`optimum-cli export onnx --model <checkpoint> --task token-classification --trust-remote-code <out>`)"
+)
 
 
 def _expected_shapes(num_labels: int) -> dict[str, tuple[int, ...]]:
-    return {"transitions": (num_labels, num_labels), "start_transitions": (num_labels,),
-            "end_transitions": (num_labels,)}
+    return {
+        "transitions": (num_labels, num_labels),
+        "start_transitions": (num_labels,),
+        "end_transitions": (num_labels,),
+    }
 
 
 def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{name} {shape}" for name, shape in shapes.items()) or "no tensors"
 
 
-def save_crf(crf: ConditionalRandomField, folder: Union[str, Path]) -> Path:
+def save_crf(crf: ConditionalRandomField, folder: str | Path) -> Path:
     """Writes the learned transition, start and end scores of `crf` to `folder/crf.safetensors`."""
     path = Path(folder) / CRF_FILE
     tensors = {name: getattr(crf, name).detach().cpu().contiguous() for name in _expected_shapes(crf.num_tags)}
@@ -46,7 +50,7 @@ def save_crf(crf: ConditionalRandomField, folder: Union[str, Path]) -> Path:
     return path
 
 
-def load_crf(path: Union[str, Path], config: ITAConfig) -> ConditionalRandomField:
+def load_crf(path: str | Path, config: ITAConfig) -> ConditionalRandomField:
     """Rebuilds the model's CRF from a `crf.safetensors` file and the ITA config of the export.
 
     Raises:
@@ -56,8 +60,9 @@ def load_crf(path: Union[str, Path], config: ITAConfig) -> ConditionalRandomFiel
     try:
         tensors = load(Path(path).read_bytes())
     except SafetensorError as error:
-        raise OSError(f"{path} is not a readable safetensors file ({error}): it was truncated or overwritten; "
-                      f"{REEXPORT}.") from error
+        raise OSError(
+            f"{path} is not a readable safetensors file ({error}): it was truncated or overwritten; {REEXPORT}."
+        ) from error
     expected = _expected_shapes(config.num_labels)
     # Listed in the expected order, then any others, so that the two lists of the message read side by side.
     order = {name: rank for rank, name in enumerate(expected)}

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from optimum.exporters.onnx import OnnxConfig, main_export
@@ -138,7 +138,7 @@ class ITAOnnxConfig(OnnxConfig):
         self,
         config: PretrainedConfig,
         task: str = TASK,
-        preprocessors: Optional[list[Any]] = None,
+        preprocessors: list[Any] | None = None,
         int_dtype: str = "int64",
         float_dtype: str = "fp32",
     ):
@@ -147,8 +147,10 @@ class ITAOnnxConfig(OnnxConfig):
         super().__init__(config, task=task, preprocessors=preprocessors, int_dtype=int_dtype, float_dtype=float_dtype)
         tokenizers = [p for p in preprocessors or [] if isinstance(p, PreTrainedTokenizerBase)]
         if not tokenizers:
-            raise ValueError(f"The ITA checkpoint {config.name_or_path!r} has no tokenizer: save the encoder's "
-                             "tokenizer into it (`tokenizer.save_pretrained(checkpoint)`) before exporting.")
+            raise ValueError(
+                f"The ITA checkpoint {config.name_or_path!r} has no tokenizer: save the encoder's "
+                "tokenizer into it (`tokenizer.save_pretrained(checkpoint)`) before exporting."
+            )
         self.with_token_type_ids = "token_type_ids" in tokenizers[0].model_input_names
 
     @property
@@ -165,7 +167,7 @@ class ITAOnnxConfig(OnnxConfig):
         return {"logits": {0: "batch_size", 1: "num_words"}}
 
     def post_process_exported_models(self, path: Path, models_and_onnx_configs: dict, onnx_files_subpaths: list[str]):
-        """optimum's post-processing, then what makes the folder an ITA export: the CRF, code, config, README.
+        """Optimum's post-processing, then what makes the folder an ITA export: the CRF, code, config, README.
 
         optimum calls this after writing the graph, `config.json` and the tokenizer, in `main_export` and so in
         `optimum-cli export onnx` (unless `--no-post-process`). It writes `crf.safetensors` from the very model
@@ -189,29 +191,34 @@ class ITAOnnxConfig(OnnxConfig):
             modules = remote_code_modules(config)
             # The checkpoint's own remote code, fetched as `pipeline(model=<checkpoint>)` fetches it, into the
             # folder where transformers keeps it; the runtime comes from this package.
-            checkpoint_code = {Path(HF_MODULES_CACHE, get_cached_module_file(config.name_or_path, name)).parent
-                               for name in modules if name not in _RUNTIME_FILES}
+            checkpoint_code = {
+                Path(HF_MODULES_CACHE, get_cached_module_file(config.name_or_path, name)).parent
+                for name in modules
+                if name not in _RUNTIME_FILES
+            }
             copied = copy_remote_code(modules, [*sorted(checkpoint_code), Path(__file__).parent], path)
             pipeline_files = [name for name in copied if name not in _RUNTIME_FILES and name != "configuration_ita.py"]
-            (path / README_FILE).write_text(_README.format(
-                labels=", ".join(f"`{label}`" for label in config.labels),
-                inputs=", ".join(f"`{name}`" for name in self.inputs),
-                num_labels=config.num_labels,
-                crf_file=CRF_FILE,
-                runtime=", ".join(f"`{name}`" for name in _RUNTIME_FILES),
-                pipeline=", ".join(f"`{name}`" for name in pipeline_files),
-            ))
+            (path / README_FILE).write_text(
+                _README.format(
+                    labels=", ".join(f"`{label}`" for label in config.labels),
+                    inputs=", ".join(f"`{name}`" for name in self.inputs),
+                    num_labels=config.num_labels,
+                    crf_file=CRF_FILE,
+                    runtime=", ".join(f"`{name}`" for name in _RUNTIME_FILES),
+                    pipeline=", ".join(f"`{name}`" for name in pipeline_files),
+                )
+            )
             os.replace(Path(staged, CONFIG_NAME), path / CONFIG_NAME)
         return models_and_onnx_configs, onnx_files_subpaths
 
 
 def export_ita(
-    checkpoint: Union[str, Path],
-    output: Union[str, Path],
+    checkpoint: str | Path,
+    output: str | Path,
     int8: bool = False,
     int8_target: str = "avx512_vnni",
-    opset: Optional[int] = None,
-    atol: Optional[float] = None,
+    opset: int | None = None,
+    atol: float | None = None,
     do_validation: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -247,15 +254,25 @@ def export_ita(
     _check_output(output, checkpoint, overwrite)
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
     if config.model_type != "ita":
-        raise ValueError(f"{checkpoint} holds a {config.model_type!r} model, not an ITA model; export plain "
-                         "transformers models with `optimum-cli export onnx` instead.")
+        raise ValueError(
+            f"{checkpoint} holds a {config.model_type!r} model, not an ITA model; export plain "
+            "transformers models with `optimum-cli export onnx` instead."
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     # mkdir rather than tempfile.mkdtemp, whose folders are private (0700): the folder follows the umask.
     staging = output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:12]}")
     staging.mkdir()
     try:
-        main_export(checkpoint, output=staging, task=TASK, opset=opset, atol=atol, trust_remote_code=True,
-                    library_name="transformers", do_validation=do_validation)
+        main_export(
+            checkpoint,
+            output=staging,
+            task=TASK,
+            opset=opset,
+            atol=atol,
+            trust_remote_code=True,
+            library_name="transformers",
+            do_validation=do_validation,
+        )
         if int8:
             from .quantize import quantize_int8
 
@@ -278,8 +295,10 @@ def _check_output(output: Path, checkpoint: str, overwrite: bool) -> None:
             )
         source = Path(checkpoint).resolve()
         if source.exists() and (source == output.resolve() or output.resolve() in source.parents):
-            raise ValueError(f"Overwriting {output} would delete the checkpoint {checkpoint} being exported; "
-                             "export into another folder.")
+            raise ValueError(
+                f"Overwriting {output} would delete the checkpoint {checkpoint} being exported; "
+                "export into another folder."
+            )
 
 
 def _publish(staging: Path, output: Path, checkpoint: str, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ imports with the absolute fallback used inside this package.
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,15 +53,17 @@ QUANTIZED_FILE = "model_quantized.onnx"
 _BROKEN_GRAPH_ERRORS = (InvalidProtobuf, InvalidGraph, InvalidArgument)
 
 
-def _remedy(model_id: Union[str, Path], file_name: str) -> str:
+def _remedy(model_id: str | Path, file_name: str) -> str:
     """What to do about a missing or broken `file_name` of the export `model_id`."""
     if file_name == QUANTIZED_FILE:
-        return (f"the int8 graph is written by `python -m ita_onnx export --int8` or afterwards by "
-                f"`python -m ita_onnx quantize {model_id}`; run the latter")
+        return (
+            f"the int8 graph is written by `python -m ita_onnx export --int8` or afterwards by "
+            f"`python -m ita_onnx quantize {model_id}`; run the latter"
+        )
     return f"every ITA ONNX export has one; {REEXPORT}"
 
 
-def require_file(model_id: Union[str, Path], file_name: str, subfolder: str = "", **hub: Any) -> Path:
+def require_file(model_id: str | Path, file_name: str, subfolder: str = "", **hub: Any) -> Path:
     """The local path of `file_name` in the export `model_id` (fetched from the Hub for a repo id).
 
     Raises:
@@ -82,7 +84,7 @@ def require_file(model_id: Union[str, Path], file_name: str, subfolder: str = ""
     return path
 
 
-def read_export_config(model_id: Union[str, Path], subfolder: str = "", **hub: Any) -> ITAConfig:
+def read_export_config(model_id: str | Path, subfolder: str = "", **hub: Any) -> ITAConfig:
     """The `ITAConfig` of an ITA ONNX export, read without trusting remote code.
 
     Raises:
@@ -100,8 +102,10 @@ def read_export_config(model_id: Union[str, Path], subfolder: str = "", **hub: A
     if not isinstance(values, dict):
         raise OSError(f"{path} holds a JSON {type(values).__name__}, not a config object; {REEXPORT}.")
     if values.get("model_type") != ITAConfig.model_type:
-        raise ValueError(f"{path} describes a {values.get('model_type')!r} model, not an ITA model; ORTModelForITA "
-                         "runs ITA ONNX exports only.")
+        raise ValueError(
+            f"{path} describes a {values.get('model_type')!r} model, not an ITA model; ORTModelForITA "
+            "runs ITA ONNX exports only."
+        )
     entry = (values.get("auto_map") or {}).get("AutoModelForTokenClassification")
     if entry != AUTO_MODEL_ENTRY:
         raise ValueError(
@@ -125,8 +129,10 @@ class ORTModelForITA(ORTModelForCustomTasks):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.config, ITAConfig) and getattr(self.config, "model_type", None) != "ita":
-            raise ValueError(f"ORTModelForITA runs ITA exports; this config is a {type(self.config).__name__} "
-                             f"(model_type {getattr(self.config, 'model_type', None)!r}).")
+            raise ValueError(
+                f"ORTModelForITA runs ITA exports; this config is a {type(self.config).__name__} "
+                f"(model_type {getattr(self.config, 'model_type', None)!r})."
+            )
         path = self.model_save_dir / CRF_FILE
         if not path.is_file():
             raise FileNotFoundError(
@@ -143,7 +149,7 @@ class ORTModelForITA(ORTModelForCustomTasks):
             )
 
     @classmethod
-    def from_pretrained(cls, model_id: Union[str, Path], config: Optional[ITAConfig] = None, **kwargs):
+    def from_pretrained(cls, model_id: str | Path, config: ITAConfig | None = None, **kwargs):
         """Loads an ITA export (local folder or Hub repo); see `optimum.onnxruntime.ORTModel.from_pretrained`.
 
         The config is read with this module's `ITAConfig`, so no remote code needs to be trusted. Every file the
@@ -170,15 +176,17 @@ class ORTModelForITA(ORTModelForCustomTasks):
         try:
             return super().from_pretrained(model_id, config=config, export=False, **kwargs)
         except _BROKEN_GRAPH_ERRORS as error:
-            raise OSError(f"{graph} is not a loadable ONNX graph ({error}): it was truncated or overwritten; "
-                          f"{_remedy(model_id, file_name)}.") from error
+            raise OSError(
+                f"{graph} is not a loadable ONNX graph ({error}): it was truncated or overwritten; "
+                f"{_remedy(model_id, file_name)}."
+            ) from error
 
     def forward(
         self,
-        input_ids: Union[torch.Tensor, np.ndarray],
-        word_index: Union[torch.Tensor, np.ndarray],
-        attention_mask: Optional[Union[torch.Tensor, np.ndarray]] = None,
-        token_type_ids: Optional[Union[torch.Tensor, np.ndarray]] = None,
+        input_ids: torch.Tensor | np.ndarray,
+        word_index: torch.Tensor | np.ndarray,
+        attention_mask: torch.Tensor | np.ndarray | None = None,
+        token_type_ids: torch.Tensor | np.ndarray | None = None,
         **unexpected: Any,
     ) -> ModelOutput:
         """Emission scores of the tweet words.
@@ -198,22 +206,28 @@ class ORTModelForITA(ORTModelForCustomTasks):
                 path is inference only), or `token_type_ids` missing for a graph that needs them.
         """
         if unexpected:
-            raise ValueError(f"The ITA ONNX graph takes input_ids, word_index, attention_mask and token_type_ids; "
-                             f"got also {sorted(unexpected)}. Training inputs and the text-only view are "
-                             "not part of the export: use the PyTorch model for them.")
+            raise ValueError(
+                f"The ITA ONNX graph takes input_ids, word_index, attention_mask and token_type_ids; "
+                f"got also {sorted(unexpected)}. Training inputs and the text-only view are "
+                "not part of the export: use the PyTorch model for them."
+            )
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids) if isinstance(input_ids, torch.Tensor) else np.ones_like(input_ids)
+            attention_mask = (
+                torch.ones_like(input_ids) if isinstance(input_ids, torch.Tensor) else np.ones_like(input_ids)
+            )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "word_index": word_index}
         if "token_type_ids" in self.input_names:
             if token_type_ids is None:
                 raise ValueError("This graph was exported with `token_type_ids` (its tokenizer makes them): pass them.")
             inputs["token_type_ids"] = token_type_ids
         elif token_type_ids is not None:
-            raise ValueError("This graph was exported without `token_type_ids` (its tokenizer makes none); "
-                             "encode with the export's own tokenizer.")
+            raise ValueError(
+                "This graph was exported without `token_type_ids` (its tokenizer makes none); "
+                "encode with the export's own tokenizer."
+            )
         return super().forward(**inputs)
 
-    def _save_pretrained(self, save_directory: Union[str, Path]) -> None:
+    def _save_pretrained(self, save_directory: str | Path) -> None:
         """The graph, `crf.safetensors`, the remote code `config.json` names and the README of the loaded export."""
         super()._save_pretrained(save_directory)
         save_crf(self.crf, save_directory)
@@ -242,10 +256,10 @@ class ITAOnnxForTokenClassification:
     @classmethod
     def from_pretrained(
         cls,
-        model_id: Union[str, Path],
-        config: Optional[ITAConfig] = None,
-        dtype: Union[str, torch.dtype, None] = None,
-        adapter_kwargs: Optional[dict] = None,
+        model_id: str | Path,
+        config: ITAConfig | None = None,
+        dtype: str | torch.dtype | None = None,
+        adapter_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> ORTModelForITA:
         """`ORTModelForITA.from_pretrained` with the options transformers' auto classes and pipelines add.
@@ -275,9 +289,7 @@ def remote_code_modules(config: PretrainedConfig) -> list[str]:
     return sorted({f"{reference.rsplit('.', 1)[0]}.py" for reference in references})
 
 
-def copy_remote_code(
-    modules: Iterable[str], sources: list[Union[str, Path]], destination: Union[str, Path]
-) -> list[str]:
+def copy_remote_code(modules: Iterable[str], sources: list[str | Path], destination: str | Path) -> list[str]:
     """Copies `modules` and, recursively, the sibling modules they import relatively, into `destination`.
 
     Each file is taken from the first folder of `sources` that has it, so a folder can be assembled from
@@ -297,8 +309,10 @@ def copy_remote_code(
             continue
         found = [Path(folder) / name for folder in sources if (Path(folder) / name).is_file()]
         if not found:
-            raise FileNotFoundError(f"{name} is named by config.json (or imported by its remote code) but is in none "
-                                    f"of {[str(folder) for folder in sources]}: re-export the checkpoint.")
+            raise FileNotFoundError(
+                f"{name} is named by config.json (or imported by its remote code) but is in none "
+                f"of {[str(folder) for folder in sources]}: re-export the checkpoint."
+            )
         target = destination / name
         if not (target.exists() and found[0].samefile(target)):
             # Written anew, so that it follows the umask like the folder's other files: transformers'

@@ -3,7 +3,6 @@
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
 
 from optimum.onnxruntime import ORTQuantizer
 from optimum.onnxruntime.configuration import AutoQuantizationConfig
@@ -18,10 +17,10 @@ _ORT_CONFIG_FILE = "ort_config.json"
 
 
 def quantize_int8(
-    folder: Union[str, Path],
+    folder: str | Path,
     target: str = "avx512_vnni",
     per_channel: bool = False,
-    config: Optional[PretrainedConfig] = None,
+    config: PretrainedConfig | None = None,
 ) -> Path:
     """Writes `folder/model_quantized.onnx`: `folder/model.onnx` with int8 weights and dynamic activation scales.
 
