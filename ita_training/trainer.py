@@ -1,21 +1,29 @@
 """`ITATrainer`: transformers' `Trainer` with ITA's optimiser groups, schedule and two-mode evaluation (SPEC §4)."""
 
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.training_args import trainer_log_levels
 
 from .collator import ITADataCollator
-from .metrics import ner_metrics
+from .metrics import load_ner_metric
 
 # Inference modes of SPEC §4: with the image's visual context (x'), and the tweet alone (x).
 EVAL_MODES = {"with_context": True, "text_only": False}
 SELECTION_METRICS = ("mean_f1", "with_context_f1", "text_only_f1")
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator (torch < 2.6 has no `torch.accelerator`: CUDA only)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 @dataclass
@@ -35,6 +43,14 @@ class ITATrainingArguments(TrainingArguments):
         metadata={"help": "Cross-view alignment: also run the text-only view and add its NLL and the T²·KL term."},
     )
     do_train: bool = field(default=True, metadata={"help": "Train; False only evaluates --model_name_or_path."})
+    # transformers 5 dropped this field (4.x had it without using it); train.py gives it its meaning.
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start again: delete the checkpoints in --output_dir instead of resuming from the newest "
+            "complete one."
+        },
+    )
     learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the encoder and emission layer."})
     num_train_epochs: float = field(default=10.0, metadata={"help": "Total number of training epochs."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Tweets per training batch."})
@@ -42,22 +58,39 @@ class ITATrainingArguments(TrainingArguments):
     max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping norm."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on dev (both modes)."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept (the best is always kept)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best is always kept)."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best dev epoch, not the last."})
-    metric_for_best_model: Optional[str] = field(
+    metric_for_best_model: str | None = field(
         default="mean_f1", metadata={"help": f"Dev metric that picks the best epoch: one of {SELECTION_METRICS}."}
     )
-    greater_is_better: Optional[bool] = field(default=True, metadata={"help": "Higher selection metric is better."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Higher selection metric is better."})
     # The collator reads the raw columns (tokens, ner_tags, visual_context); the model's forward takes none of them.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for ITA."})
-    report_to: Optional[list[str]] = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    # Under torch.distributed the other processes would repeat every warning of the main one.
+    log_level_replica: str = field(
+        default="error",
+        metadata={
+            "help": "Log level of the processes other than the main one (transformers' default: warning).",
+            "choices": list(trainer_log_levels),
+        },
+    )
+    # A list default: parsed from a string default, "none" would become [None], which transformers 5 refuses.
+    report_to: list[str] | None = field(
+        default_factory=lambda: ["none"], metadata={"help": "Experiment trackers to report to."}
+    )
 
     def __post_init__(self):
+        # Under torchrun / accelerate launch on a machine without an accelerator, accelerate forms a process
+        # group (gloo) only when told to use the CPU; otherwise each process silently trains alone.
+        if not self.use_cpu and int(os.environ.get("LOCAL_RANK", -1)) != -1 and not has_accelerator():
+            self.use_cpu = True
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("ITA's collator needs the dataset's raw columns: leave `remove_unused_columns=False`.")
         if self.metric_for_best_model not in SELECTION_METRICS + tuple(f"eval_{m}" for m in SELECTION_METRICS):
-            raise ValueError(f"`metric_for_best_model` must be one of {SELECTION_METRICS}, got {self.metric_for_best_model!r}.")
+            raise ValueError(
+                f"`metric_for_best_model` must be one of {SELECTION_METRICS}, got {self.metric_for_best_model!r}."
+            )
 
 
 class EpochTimerCallback(TrainerCallback):
@@ -81,9 +114,11 @@ class ITATrainer(Trainer):
       decay); the linear schedule scales every group alike, so the CRF rate decays to 0 as well.
     - Data: rows with `tokens`, `ner_tags`, `visual_context`; unless a `data_collator` is given, an
       `ITADataCollator` encodes them, with the text-only view when `args.cva` is on.
-    - Evaluation: `evaluate()` decodes the dataset with visual context and text only, and returns seqeval
-      metrics for each (`eval_with_context_f1`, `eval_text_only_f1`, per type, strict IOB2) and their mean
-      `eval_mean_f1`, the default selection metric.
+    - Evaluation: `evaluate()` decodes the dataset with visual context and text only, and returns the
+      `ita_seqeval` metrics (an `evaluate` module, see `ita_training.metrics`) for each (`eval_with_context_f1`,
+      `eval_text_only_f1`, per type, strict IOB2) and their mean `eval_mean_f1`, the default selection metric.
+      Under torch.distributed the processes share the rows (each decodes one slice, see `predict_tags`), and
+      all of them get the metrics of the whole dataset.
 
     The `processing_class` must be the encoder's fast tokenizer.
     """
@@ -97,6 +132,7 @@ class ITATrainer(Trainer):
                 self.processing_class, self.model.config.max_context_tokens, use_context=True, text_view=self.args.cva
             )
         self.add_callback(EpochTimerCallback())
+        self.ner_metric = load_ner_metric()
 
     def create_optimizer(self):
         if self.optimizer is not None:
@@ -125,25 +161,44 @@ class ITATrainer(Trainer):
     def predict_tags(self, dataset: Dataset, use_context: bool, description: str = "Decoding") -> list[list[str]]:
         """Viterbi BIO tags of every row of `dataset`, with or without its visual context.
 
+        Under torch.distributed each process decodes one contiguous slice of the rows (the slices cover the
+        dataset exactly once: no padding with repeated rows, unlike `DistributedSampler`), and every process
+        gets all the predictions back in row order.
+
         Returns:
-            One list of tag strings per row, as long as the row's `tokens`.
+            One list of tag strings per row of `dataset`, as long as the row's `tokens`.
         """
+        world_size, rank = self.args.world_size, self.args.process_index
+        start, stop = len(dataset) * rank // world_size, len(dataset) * (rank + 1) // world_size
+        # The unwrapped model: a forward of the DDP wrapper would wait for the other processes' gradients.
         model = self.model
         collator = ITADataCollator(
             self.processing_class, model.config.max_context_tokens, use_context=use_context, text_view=False
         )
-        rows = dataset.select_columns([c for c in ("tokens", "visual_context") if c in dataset.column_names])
+        rows = dataset.select_columns([c for c in ("id", "tokens", "visual_context") if c in dataset.column_names])
+        if world_size > 1:
+            rows = rows.select(range(start, stop))
         loader = DataLoader(rows, batch_size=self.args.per_device_eval_batch_size, collate_fn=collator)
         was_training = model.training
         model.eval()
         id2label = model.config.id2label
         predictions: list[list[str]] = []
-        for batch in tqdm(loader, desc=description, disable=self.args.disable_tqdm):
+        quiet = self.args.disable_tqdm or not self.is_local_process_zero()
+        for batch in tqdm(loader, desc=description, disable=quiet):
             batch = {name: tensor.to(self.args.device) for name, tensor in batch.items()}
             tags = model(**batch, return_tags=True).tags
             for row in tags.tolist():
                 predictions.append([id2label[tag] for tag in row if tag >= 0])
         model.train(was_training)
+        if world_size > 1:
+            # One (start, slice) pair per process, in rank order; sorting by start makes the order explicit.
+            slices = sorted(gather_object([(start, predictions)]), key=lambda pair: pair[0])
+            predictions = [tags for _, part in slices for tags in part]
+        if len(predictions) != len(dataset):
+            raise RuntimeError(
+                f"Decoded {len(predictions)} rows of a {len(dataset)}-row dataset across "
+                f"{world_size} process(es); every row must be decoded exactly once."
+            )
         return predictions
 
     def evaluate_modes(self, dataset: Dataset, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -154,7 +209,7 @@ class ITATrainer(Trainer):
         for mode, use_context in EVAL_MODES.items():
             start = time.perf_counter()
             predicted = self.predict_tags(dataset, use_context, description=f"{metric_key_prefix} {mode}")
-            for name, value in ner_metrics(gold, predicted).items():
+            for name, value in self.ner_metric.compute(predictions=predicted, references=gold).items():
                 metrics[f"{metric_key_prefix}_{mode}_{name}"] = value
             metrics[f"{metric_key_prefix}_{mode}_runtime"] = time.perf_counter() - start
         metrics[f"{metric_key_prefix}_mean_f1"] = (
@@ -164,8 +219,8 @@ class ITATrainer(Trainer):
 
     def evaluate(
         self,
-        eval_dataset: Optional[Dataset] = None,
-        ignore_keys: Optional[list[str]] = None,
+        eval_dataset: Dataset | None = None,
+        ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         """Evaluates in both inference modes (see `evaluate_modes`), logs the metrics and informs the callbacks."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from safetensors.torch import load_file
+from tiny_training import save_tiny_encoder
 
 import train
 from fresh_process import run_fresh_python
@@ -31,8 +32,16 @@ TWEETS = [
 
 
 def tiny_rows(tweets):
-    rows = {"id": [], "tokens": [], "ner_tags": [], "image_id": [], "caption": [], "objects": [], "ocr": [],
-            "visual_context": []}
+    rows = {
+        "id": [],
+        "tokens": [],
+        "ner_tags": [],
+        "image_id": [],
+        "caption": [],
+        "objects": [],
+        "ocr": [],
+        "visual_context": [],
+    }
     for i, (text, tags, caption) in enumerate(tweets):
         rows["id"].append(str(i))
         rows["tokens"].append(text.split())
@@ -49,22 +58,39 @@ def tiny_rows(tweets):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A DatasetDict with the columns of `python -m preprocess` output, and its settings file."""
-    features = Features({
-        "id": Value("string"), "tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=LABELS)),
-        "image_id": Value("string"), "caption": Sequence(Value("string")), "objects": Sequence(Value("string")),
-        "ocr": Sequence(Value("string")), "visual_context": Value("string"),
-    })
+    features = Features(
+        {
+            "id": Value("string"),
+            "tokens": Sequence(Value("string")),
+            "ner_tags": Sequence(ClassLabel(names=LABELS)),
+            "image_id": Value("string"),
+            "caption": Sequence(Value("string")),
+            "objects": Sequence(Value("string")),
+            "ocr": Sequence(Value("string")),
+            "visual_context": Value("string"),
+        }
+    )
     split = Dataset.from_dict(tiny_rows(TWEETS), features=features)
     folder = tmp_path_factory.mktemp("data") / "tiny-shards"
-    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(str(folder))
+    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(
+        str(folder)
+    )
     settings = {
         "aligners": [
-            {"type": "precomputed", "precomputed": True, "format": "auto",
-             "files": [{"name": "BLIP2_17.txt", "sha256": "0" * 64, "source": "BLIP-2 captions, PGIM release"}]},
+            {
+                "type": "precomputed",
+                "precomputed": True,
+                "format": "auto",
+                "files": [{"name": "BLIP2_17.txt", "sha256": "0" * 64, "source": "BLIP-2 captions, PGIM release"}],
+            },
             {"type": "rapidocr", "precomputed": False, "min_score": 0.5, "min_chars": 2, "threads": None},
         ],
-        "builder": {"order": ["caption", "objects", "ocr"], "separator": " | ", "max_words_per_segment": None,
-                    "max_words": None},
+        "builder": {
+            "order": ["caption", "objects", "ocr"],
+            "separator": " | ",
+            "max_words_per_segment": None,
+            "max_words": None,
+        },
     }
     (folder / SETTINGS_FILE).write_text(json.dumps(settings))
     return folder
@@ -73,47 +99,77 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, minilm_dir) -> Path:
     """A one-layer random BERT with the MiniLM tokenizer, saved like a Hub encoder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("encoder")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
-    return folder
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), minilm_dir)
 
 
 def train_args(shards: Path, encoder: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--dataset_path", str(shards), "--encoder_name_or_path", str(encoder), "--output_dir", str(output_dir),
-        "--learning_rate", "3e-3", "--crf_learning_rate", "5e-2", "--per_device_train_batch_size", "4",
-        "--num_train_epochs", "6", "--logging_steps", "1", "--disable_tqdm", "True", "--seed", "0",
-        "--context_columns", "caption", "--word_dropout", "0.0", *extra,
+        "--dataset_path",
+        str(shards),
+        "--encoder_name_or_path",
+        str(encoder),
+        "--output_dir",
+        str(output_dir),
+        "--learning_rate",
+        "3e-3",
+        "--crf_learning_rate",
+        "5e-2",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_train_epochs",
+        "6",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "True",
+        "--seed",
+        "0",
+        "--context_columns",
+        "caption",
+        "--word_dropout",
+        "0.0",
+        *extra,
     ]
 
 
 @pytest.fixture(scope="module")
 def trained(shards, tiny_encoder, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "ita-tiny"
-    results = train.run(*train.parse_args(train_args(shards, tiny_encoder, output_dir, "--hub_model_id", "me/ita-tiny")))
+    results = train.run(
+        *train.parse_args(train_args(shards, tiny_encoder, output_dir, "--hub_model_id", "me/ita-tiny"))
+    )
     return output_dir, results
 
 
 def test_help_lists_the_ita_options():
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
-    for option in ("--encoder_name_or_path", "--dataset_path", "--context_columns", "--cva", "--cva_temperature",
-                   "--cva_weight", "--crf_learning_rate", "--gradient_accumulation_steps", "--max_grad_norm",
-                   "--push_to_hub", "--hub_model_id", "--bf16"):
+    for option in (
+        "--encoder_name_or_path",
+        "--dataset_path",
+        "--context_columns",
+        "--cva",
+        "--cva_temperature",
+        "--cva_weight",
+        "--crf_learning_rate",
+        "--gradient_accumulation_steps",
+        "--max_grad_norm",
+        "--push_to_hub",
+        "--hub_model_id",
+        "--bf16",
+    ):
         assert option in result.stdout, option
 
 
 def test_training_lowers_the_loss_and_writes_both_modes(trained):
     output_dir, results = trained
-    losses = [entry["loss"] for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-              if "loss" in entry]
+    losses = [
+        entry["loss"]
+        for entry in json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+        if "loss" in entry
+    ]
     assert len(losses) == 12  # 8 tweets, batch 4, 6 epochs
     assert sum(losses[-2:]) < 0.75 * sum(losses[:2]), losses
     test = json.loads((output_dir / "test_results.json").read_text())
@@ -133,13 +189,11 @@ def test_context_columns_rebuild_the_context_and_record_its_aligner(trained, sha
     # Only the precomputed captions fed the context; the OCR aligner's segment was not used.
     assert [spec["type"] for spec in config["aligners"]] == ["precomputed"]
     assert config["context_order"] == ["caption", "objects", "ocr"] and config["context_separator"] == " | "
-    datasets, context = train.prepare_data(train.DataArguments(dataset_path=str(shards),
-                                                               context_columns=["caption"]))
+    datasets, context = train.prepare_data(train.DataArguments(dataset_path=str(shards), context_columns=["caption"]))
     assert datasets["train"][0]["visual_context"] == "a basketball player on a court"
     assert datasets["train"][3]["visual_context"] == ""
     assert context["context_columns"] == ["caption"]
-    text_only, context = train.prepare_data(train.DataArguments(dataset_path=str(shards),
-                                                                context_columns=["none"]))
+    text_only, context = train.prepare_data(train.DataArguments(dataset_path=str(shards), context_columns=["none"]))
     assert set(text_only["train"]["visual_context"]) == {""} and context["aligners"] == []
     with pytest.raises(ValueError, match="Unknown context columns"):
         train.prepare_data(train.DataArguments(dataset_path=str(shards), context_columns=["pixels"]))
@@ -148,8 +202,18 @@ def test_context_columns_rebuild_the_context_and_record_its_aligner(trained, sha
 def test_output_folder_is_a_complete_hub_repo_that_loads_as_a_pipeline_in_a_fresh_process(trained, tmp_path):
     output_dir, _ = trained
     files = check_hub_folder(output_dir)
-    for name in ("config.json", "model.safetensors", "configuration_ita.py", "modeling_ita.py", "crf_ita.py",
-                 "pipeline_ita.py", "tokenizer.json", "tokenizer_config.json", "README.md", "test_results.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "configuration_ita.py",
+        "modeling_ita.py",
+        "crf_ita.py",
+        "pipeline_ita.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "test_results.json",
+    ):
         assert name in files, name
     assert not any(name.startswith("checkpoint-") for name in files)
     config = json.loads((output_dir / "config.json").read_text())
@@ -194,9 +258,8 @@ def test_push_refuses_an_incomplete_folder(trained, tmp_path):
     output_dir, _ = trained
     for name in ("config.json", "model.safetensors", "modeling_ita.py", "crf_ita.py"):
         (tmp_path / name).write_bytes((output_dir / name).read_bytes())
-    with mock.patch("ita_training.hub.HfApi") as api_class:
-        with pytest.raises(IncompleteHubFolderError) as error:
-            push_folder(tmp_path, "me/ita-tiny")
+    with mock.patch("ita_training.hub.HfApi") as api_class, pytest.raises(IncompleteHubFolderError) as error:
+        push_folder(tmp_path, "me/ita-tiny")
     api_class.return_value.upload_folder.assert_not_called()
     message = str(error.value)
     for missing in ("configuration_ita.py", "pipeline_ita.py", "tokenizer files", "README.md"):
@@ -205,8 +268,19 @@ def test_push_refuses_an_incomplete_folder(trained, tmp_path):
 
 def test_push_to_hub_flag_pushes_the_finished_folder(shards, tiny_encoder, tmp_path):
     output_dir = tmp_path / "pushed"
-    argv = train_args(shards, tiny_encoder, output_dir, "--num_train_epochs", "1", "--push_to_hub", "True",
-                      "--hub_model_id", "me/ita-push", "--hub_token", "hf_x")
+    argv = train_args(
+        shards,
+        tiny_encoder,
+        output_dir,
+        "--num_train_epochs",
+        "1",
+        "--push_to_hub",
+        "True",
+        "--hub_model_id",
+        "me/ita-push",
+        "--hub_token",
+        "hf_x",
+    )
     with mock.patch("ita_training.hub.HfApi") as api_class:
         api_class.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/c/1")
         results = train.run(*train.parse_args(argv))
@@ -218,8 +292,21 @@ def test_push_to_hub_flag_pushes_the_finished_folder(shards, tiny_encoder, tmp_p
 
 def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_encoder, tmp_path):
     full = tmp_path / "full"
-    train.run(*train.parse_args(train_args(shards, tiny_encoder, full, "--num_train_epochs", "2",
-                                           "--save_total_limit", "3", "--load_best_model_at_end", "False")))
+    train.run(
+        *train.parse_args(
+            train_args(
+                shards,
+                tiny_encoder,
+                full,
+                "--num_train_epochs",
+                "2",
+                "--save_total_limit",
+                "3",
+                "--load_best_model_at_end",
+                "False",
+            )
+        )
+    )
     # The same 2-epoch run, stopped after epoch 1 (its checkpoint copied), then resumed.
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -227,8 +314,13 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_en
     from ita_training.trainer import ITATrainer
 
     with mock.patch.object(ITATrainer, "training_step", autospec=True, side_effect=ITATrainer.training_step) as step:
-        results = train.run(*train.parse_args(train_args(shards, tiny_encoder, resumed, "--num_train_epochs", "2",
-                                                         "--load_best_model_at_end", "False")))
+        results = train.run(
+            *train.parse_args(
+                train_args(
+                    shards, tiny_encoder, resumed, "--num_train_epochs", "2", "--load_best_model_at_end", "False"
+                )
+            )
+        )
     # Only epoch 2 ran in the resumed process; the history of epoch 1 came with the checkpoint.
     assert step.call_count == 2
     state = json.loads((resumed / "trainer_state.json").read_text())
@@ -247,8 +339,15 @@ def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder
     from modeling_ita import ITAForTokenClassification
 
     model = ITAForTokenClassification.from_encoder(str(tiny_encoder), labels=LABELS)
-    args = ITATrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, crf_learning_rate=5e-2, max_steps=4,
-                                eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    args = ITATrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=1e-4,
+        crf_learning_rate=5e-2,
+        max_steps=4,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+    )
     trainer = ITATrainer(model=model, args=args, processing_class=AutoTokenizer.from_pretrained(tiny_encoder))
     trainer.create_optimizer_and_scheduler(num_training_steps=4)
     groups = trainer.optimizer.param_groups
@@ -271,25 +370,55 @@ def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder
 def test_options_can_come_from_a_config_file(tmp_path, suffix):
     import yaml
 
-    options = {"dataset_path": "shards/t15", "output_dir": str(tmp_path / "out"), "encoder_name_or_path": "xlm-roberta-large",
-               "context_columns": ["caption", "ocr"], "cva_temperature": 4.0, "crf_learning_rate": 0.01,
-               "gradient_accumulation_steps": 2, "cva": False}
+    options = {
+        "dataset_path": "shards/t15",
+        "output_dir": str(tmp_path / "out"),
+        "encoder_name_or_path": "xlm-roberta-large",
+        "context_columns": ["caption", "ocr"],
+        "cva_temperature": 4.0,
+        "crf_learning_rate": 0.01,
+        "gradient_accumulation_steps": 2,
+        "cva": False,
+    }
     path = tmp_path / f"config{suffix}"
     path.write_text(yaml.safe_dump(options) if suffix == ".yaml" else json.dumps(options))
     model_args, data_args, training_args = train.parse_args([str(path)])
     assert (model_args.encoder_name_or_path, model_args.cva_temperature) == ("xlm-roberta-large", 4.0)
     assert data_args.context_columns == ["caption", "ocr"] and data_args.dataset_path == "shards/t15"
-    assert (training_args.crf_learning_rate, training_args.gradient_accumulation_steps, training_args.cva) == (0.01, 2, False)
+    assert (training_args.crf_learning_rate, training_args.gradient_accumulation_steps, training_args.cva) == (
+        0.01,
+        2,
+        False,
+    )
     # SPEC §4 defaults for what the file leaves out.
-    assert (training_args.learning_rate, training_args.per_device_train_batch_size, training_args.max_grad_norm,
-            training_args.num_train_epochs, training_args.warmup_ratio) == (5e-6, 4, 5.0, 10.0, 0.0)
+    # No warm-up: transformers 5 has only `warmup_steps` (a float below 1 is a ratio), 4.x also `warmup_ratio`.
+    assert (
+        training_args.learning_rate,
+        training_args.per_device_train_batch_size,
+        training_args.max_grad_norm,
+        training_args.num_train_epochs,
+        training_args.warmup_steps,
+    ) == (5e-6, 4, 5.0, 10.0, 0)
+    assert getattr(training_args, "warmup_ratio", 0.0) == 0.0
     assert training_args.metric_for_best_model == "mean_f1" and training_args.lr_scheduler_type.value == "linear"
 
 
 def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shards, tmp_path):
     output_dir, results = trained
-    argv = ["--model_name_or_path", str(output_dir), "--do_train", "False", "--dataset_path", str(shards),
-            "--context_columns", "caption", "--output_dir", str(tmp_path / "eval-only"), "--disable_tqdm", "True"]
+    argv = [
+        "--model_name_or_path",
+        str(output_dir),
+        "--do_train",
+        "False",
+        "--dataset_path",
+        str(shards),
+        "--context_columns",
+        "caption",
+        "--output_dir",
+        str(tmp_path / "eval-only"),
+        "--disable_tqdm",
+        "True",
+    ]
     evaluated = train.run(*train.parse_args(argv))
     for name, value in results["test"].items():
         if not name.endswith("runtime") and name != "epoch":
@@ -297,3 +426,120 @@ def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shar
     saved = json.loads((tmp_path / "eval-only" / "test_results.json").read_text())
     assert saved["test_text_only_f1"] == pytest.approx(results["test"]["test_text_only_f1"])
     assert not (tmp_path / "eval-only" / "model.safetensors").exists()
+
+
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "tokens": Sequence(Value("string")),
+        "ner_tags": Sequence(ClassLabel(names=LABELS)),
+        "image_id": Value("string"),
+        "caption": Sequence(Value("string")),
+        "objects": Sequence(Value("string")),
+        "ocr": Sequence(Value("string")),
+        "visual_context": Value("string"),
+    }
+)
+
+
+def save_splits(folder: Path, **splits: dict) -> Path:
+    """Saves `tiny_rows`-style column dicts as the named splits of a DatasetDict in `folder`."""
+    DatasetDict({name: Dataset.from_dict(rows, features=FEATURES) for name, rows in splits.items()}).save_to_disk(
+        str(folder)
+    )
+    return folder
+
+
+def test_sample_counts_below_one_are_refused():
+    for option, value in (("--max_train_samples", "0"), ("--max_eval_samples", "-1")):
+        with pytest.raises(ValueError, match=f"{option} {value}: give a positive number"):
+            train.parse_args(["--dataset_path", "x", "--output_dir", "y", option, value])
+
+
+def test_empty_and_missing_splits_are_clear_errors(tiny_encoder, tmp_path):
+    rows = tiny_rows(TWEETS)
+    empty = {name: [] for name in rows}
+    shards = save_splits(tmp_path / "shards", train=empty, validation=rows, test=rows)
+    argv = train_args(shards, tiny_encoder, tmp_path / "out")
+    with pytest.raises(ValueError, match="Split 'train' has no tweets"):
+        train.run(*train.parse_args(argv))
+    with pytest.raises(
+        ValueError,
+        match=r"--validation_split 'dev': .* has no such split \(it has \['test', 'train', "
+        r"'validation'\]\)",
+    ):
+        train.run(*train.parse_args([*argv, "--validation_split", "dev"]))
+
+
+def test_unusable_tweets_are_all_named_by_split_row_and_id_before_any_training(tiny_encoder, tmp_path):
+    rows = tiny_rows(TWEETS)
+    bad = tiny_rows(TWEETS)
+    bad["tokens"][2], bad["ner_tags"][2] = [], []  # a 0-token tweet
+    bad["tokens"][5] = ["Google", "", "Microsoft", "shares", "fall"]
+    bad["ner_tags"][7] = bad["ner_tags"][7][:-1]
+    bad["id"] = [f"v{i}" for i in range(len(TWEETS))]
+    shards = save_splits(tmp_path / "shards", train=rows, validation=bad, test=rows)
+    with mock.patch("train.ITAForTokenClassification.from_encoder") as build, pytest.raises(ValueError) as error:
+        train.run(*train.parse_args(train_args(shards, tiny_encoder, tmp_path / "out")))
+    build.assert_not_called()
+    assert not (tmp_path / "out").exists()
+    message = str(error.value)
+    assert message.startswith("Split 'validation' has 3 tweet(s) that cannot be used")
+    assert "row 2 (id 'v2'): no tokens" in message
+    assert "row 5 (id 'v5'): an empty or non-string word" in message
+    assert "row 7 (id 'v7'): 5 tokens but 4 ner_tags" in message
+
+
+def test_a_split_with_another_tag_set_is_refused(tiny_encoder, tmp_path):
+    rows = tiny_rows(TWEETS)
+    other = Dataset.from_dict(rows, features=FEATURES).cast_column(
+        "ner_tags", Sequence(ClassLabel(names=LABELS[:-2] + ["B-EVENT", "I-EVENT"]))
+    )
+    folder = tmp_path / "shards"
+    DatasetDict(
+        {
+            "train": Dataset.from_dict(rows, features=FEATURES),
+            "validation": Dataset.from_dict(rows, features=FEATURES),
+            "test": other,
+        }
+    ).save_to_disk(str(folder))
+    with pytest.raises(ValueError, match="Split 'test' tags .*B-EVENT.*every split needs the same tag set"):
+        train.run(*train.parse_args(train_args(folder, tiny_encoder, tmp_path / "out")))
+
+
+def test_evaluating_a_checkpoint_needs_no_train_split_but_checks_dev_and_test(trained, tmp_path):
+    output_dir, results = trained
+    rows = tiny_rows(TWEETS)
+    shards = save_splits(
+        tmp_path / "dev-test", validation={k: v[:4] for k, v in rows.items()}, test={k: v[4:] for k, v in rows.items()}
+    )
+    argv = [
+        "--model_name_or_path",
+        str(output_dir),
+        "--do_train",
+        "False",
+        "--dataset_path",
+        str(shards),
+        "--context_columns",
+        "caption",
+        "--output_dir",
+        str(tmp_path / "eval-only"),
+        "--disable_tqdm",
+        "True",
+    ]
+    evaluated = train.run(*train.parse_args(argv))
+    assert evaluated["test"]["test_mean_f1"] == pytest.approx(results["test"]["test_mean_f1"])
+    rows["tokens"][6], rows["ner_tags"][6] = [], []
+    save_splits(
+        tmp_path / "bad", validation={k: v[:4] for k, v in rows.items()}, test={k: v[4:] for k, v in rows.items()}
+    )
+    with pytest.raises(ValueError, match=r"(?s)Split 'test' has 1 tweet\(s\).*row 2 \(id '6'\): no tokens"):
+        train.run(*train.parse_args([*argv[:5], str(tmp_path / "bad"), *argv[6:]]))
+
+
+def test_the_collator_names_the_row_it_cannot_encode(minilm_tokenizer):
+    from ita_training.collator import ITADataCollator
+
+    collator = ITADataCollator(minilm_tokenizer)
+    with pytest.raises(ValueError, match=r"Row 't9': Cannot encode an empty tweet"):
+        collator([{"id": "t9", "tokens": [], "ner_tags": [], "visual_context": ""}])
