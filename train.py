@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Train an ITA model on `python -m preprocess` shards, evaluate it in both inference modes, save a Hub repo.
+r"""Train an ITA model on `python -m preprocess` shards, evaluate it in both inference modes, save a Hub repo.
 
 Modelled on transformers' `examples/pytorch/token-classification/run_ner.py`. Examples::
 
     # CPU-scale: the offline MiniLM encoder, BLIP-2 captions, cross-view alignment on
-    python train.py --dataset_path shards/twitter2017-blip2 --output_dir runs/t17 \\
+    python train.py --dataset_path shards/twitter2017-blip2 --output_dir runs/t17 \
         --learning_rate 5e-5 --num_train_epochs 2 --per_device_train_batch_size 8
 
     # The paper's setting (GPU): XLM-R-large, lr 5e-6, CRF lr 0.05, 10 epochs, batch 4, T=4 for Twitter-2015
-    python train.py --encoder_name_or_path xlm-roberta-large --dataset_path shards/twitter2015-blip2 \\
+    python train.py --encoder_name_or_path xlm-roberta-large --dataset_path shards/twitter2015-blip2 \
         --cva_temperature 4 --output_dir runs/t15-xlmr --bf16 --push_to_hub --hub_model_id me/ita-t15
 
     # Every option can also come from a JSON or YAML file
