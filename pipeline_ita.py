@@ -20,10 +20,15 @@ from transformers.utils import logging
 
 try:
     from .alignment_ita import (
+        DEFAULT_IMAGE_TIMEOUT,
+        DEFAULT_MAX_IMAGE_BYTES,
+        DEFAULT_MAX_PIXELS,
         Aligner,
         VisualContextBuilder,
         aligner_from_dict,
+        check_image_limits,
         image_id_from_name,
+        image_source_kind,
         load_image,
         spec_is_precomputed,
     )
@@ -33,10 +38,15 @@ try:
     from .pretokenizer_ita import TweetPreTokenizer
 except ImportError:
     from alignment_ita import (
+        DEFAULT_IMAGE_TIMEOUT,
+        DEFAULT_MAX_IMAGE_BYTES,
+        DEFAULT_MAX_PIXELS,
         Aligner,
         VisualContextBuilder,
         aligner_from_dict,
+        check_image_limits,
         image_id_from_name,
+        image_source_kind,
         load_image,
         spec_is_precomputed,
     )
@@ -84,7 +94,7 @@ class MultimodalNERPipeline(ChunkPipeline):
     ```
 
     Inputs (see `__call__`): a raw string (split into words by the tweet-aware `TweetPreTokenizer`) or a list
-    of words, with an optional image (PIL image, path or URL), image id, or ready `visual_context`; one input,
+    of words, with an optional image (PIL image, path, URL or base64), image id, or ready `visual_context`; one input,
     a list, or any iterable / generator of inputs. A `datasets.Dataset` row (e.g. of `python -m preprocess`
     output: `tokens`, `image_id`, `visual_context`) is an input as it is, and a whole `Dataset` is read as a
     generator of its rows, so results come back as an iterator.
@@ -238,6 +248,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         visual_context: str | None = None,
         stride: int | None = None,
         timeout: float | None = None,
+        max_image_bytes: int | None = None,
+        max_image_pixels: int | None = None,
         aggregation_strategy: str | None = None,
         return_visual_context: bool | None = None,
         ignore_labels: list[str] | None = None,
@@ -253,8 +265,11 @@ class MultimodalNERPipeline(ChunkPipeline):
                     f"`stride` (words shared by consecutive windows of a long tweet) must be >= 0, got {stride}."
                 )
             preprocess_params["stride"] = stride
-        if timeout is not None:
-            preprocess_params["timeout"] = timeout
+        limits = {"timeout": timeout, "max_image_bytes": max_image_bytes, "max_image_pixels": max_image_pixels}
+        limits = {name: value for name, value in limits.items() if value is not None}
+        # Checked now: inside `preprocess` a bad limit would only make every image fail, each with a warning.
+        check_image_limits(**limits)
+        preprocess_params.update(limits)
         postprocess_params: dict[str, Any] = {}
         if ignore_labels is not None:
             if isinstance(ignore_labels, str) or not all(isinstance(label, str) for label in ignore_labels):
@@ -289,8 +304,10 @@ class MultimodalNERPipeline(ChunkPipeline):
                 A raw tweet, split by the tweet-aware pre-tokenizer, or a list of words (then offsets refer to
                 `" ".join(words)`).
             image (`PIL.Image.Image`, `str` or `None`):
-                The tweet's image: a PIL image, a local path or an http(s) URL. An image that cannot be read gives
-                one warning and the text-only result.
+                The tweet's image: a PIL image, a local path, an http(s) URL, base64 or a `data:image/...;base64,`
+                URI, all read the same way by `alignment_ita.load_image` (EXIF orientation, 16-bit grey scaled,
+                transparency on white, RGB). An image that cannot be read within the limits below gives one warning
+                and the text-only result.
             is_split_into_words (`bool`, *optional*, defaults to `False`):
                 Read a list of strings as the words of one tweet rather than as a batch of tweets.
             visual_context (`str`, *optional*):
@@ -308,7 +325,12 @@ class MultimodalNERPipeline(ChunkPipeline):
             stride (`int`, *optional*, defaults to 16):
                 Words shared by consecutive windows when a tweet is longer than the encoder's limit.
             timeout (`float`, *optional*, defaults to 10):
-                Seconds to wait for an image URL.
+                Seconds an image URL may take in all (connection, redirects and every byte), however slowly its
+                server sends.
+            max_image_bytes (`int`, *optional*, defaults to 20 MiB):
+                Images of more bytes (file, download or decoded base64) are refused, without reading more.
+            max_image_pixels (`int`, *optional*, defaults to 64,000,000):
+                Images of more pixels are refused before they are decoded (a small file can declare huge dimensions).
 
         Returns:
             A list of entity dicts per tweet (a list of such lists for a batch). `score` is the CRF posterior
@@ -346,7 +368,13 @@ class MultimodalNERPipeline(ChunkPipeline):
         )
 
     def preprocess(
-        self, inputs: dict[str, Any], visual_context: str | None = None, stride: int = 16, timeout: float = 10.0
+        self,
+        inputs: dict[str, Any],
+        visual_context: str | None = None,
+        stride: int = 16,
+        timeout: float = DEFAULT_IMAGE_TIMEOUT,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Iterator[dict[str, Any]]:
         text = inputs["text"]
         if isinstance(text, str):
@@ -361,7 +389,8 @@ class MultimodalNERPipeline(ChunkPipeline):
             text = " ".join(words)
         context = inputs["visual_context"] if inputs["visual_context"] is not None else visual_context
         if context is None:
-            context = self._align(inputs, timeout) if words else ""
+            limits = {"timeout": timeout, "max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
+            context = self._align(inputs, **limits) if words else ""
         item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
         if not words:
             yield {"features": None, "span": (0, 0), "keep": (0, 0), "item": item, "is_last": True}
@@ -428,18 +457,10 @@ class MultimodalNERPipeline(ChunkPipeline):
             # Windows overlap by `stride` words, but always advance by at least half a window.
             start = max(end - stride, start + (end - start + 1) // 2)
 
-    def _load_image(self, image: Any, timeout: float) -> Any:
-        """An RGB PIL image from a PIL image, a local path or an http(s) URL."""
-        if isinstance(image, (str, os.PathLike)):
-            if str(image).startswith(("http://", "https://")):
-                from transformers.image_utils import load_image as load_url_image
-
-                return load_url_image(str(image), timeout=timeout).convert("RGB")
-            return load_image(image)
-        return image.convert("RGB")
-
-    def _align(self, inputs: dict[str, Any], timeout: float) -> str:
+    def _align(self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int) -> str:
         """The visual context of one input from the pipeline's aligners; "" (and one warning) when it fails.
+
+        The image, whatever its form, is read by `alignment_ita.load_image` within the call's limits.
 
         An image that no precomputed aligner knows (a new image, or none could be built) gets its context from the
         live aligners instead of the precomputed ones, through the same context builder.
@@ -447,7 +468,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         image, image_id = inputs["image"], inputs["image_id"]
         if not (self.aligners or self.live_aligners) or (image is None and image_id is None):
             return ""
-        if image_id is None and isinstance(image, (str, os.PathLike)):
+        if image_id is None and isinstance(image, (str, os.PathLike)) and image_source_kind(image) in ("path", "url"):
             image_id = image_id_from_name(str(image))
         aligners = self.aligners
         if self.live_aligners and (
@@ -458,9 +479,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         problems, picture = [], None
         if image is not None and any(aligner.needs_images for aligner in aligners):
             try:
-                picture = self._load_image(image, timeout)
+                picture = load_image(image, max_pixels, max_bytes=max_bytes, timeout=timeout)
             except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
-                problems.append(f"cannot read the image {_describe(image)} ({type(err).__name__}: {err})")
+                # The loader's messages name the image, base64 shortened to a preview.
+                problems.append(f"cannot read the image ({type(err).__name__}: {err})")
         segments: dict[str, list[str]] = {}
         for aligner in aligners:
             if (picture if aligner.needs_images else image_id) is None:
@@ -553,10 +575,6 @@ class MultimodalNERPipeline(ChunkPipeline):
 
 def _is_word_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(word, str) for word in value)
-
-
-def _describe(image: Any) -> str:
-    return repr(str(image)) if isinstance(image, (str, os.PathLike)) else type(image).__name__
 
 
 def _input_dict(element: Any, image: Any) -> dict[str, Any]:
