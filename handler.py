@@ -33,7 +33,6 @@ import binascii
 import math
 import os
 import sys
-import tempfile
 from typing import Any
 
 import torch
@@ -236,18 +235,14 @@ class EndpointHandler:
                 "file's bytes in base64 (optionally as a data:image/...;base64, URI). Server paths are not read.",
                 "invalid_image",
             ) from None
-        with tempfile.NamedTemporaryFile(prefix="ita-image-") as handle:
-            handle.write(content)
-            handle.flush()
-            try:
-                return self._load_image_file(handle.name)
-            except (OSError, ValueError) as err:
-                # The loader's message names the temporary file, which the client never saw.
-                reason = str(err).replace(f" '{handle.name}'", "").replace(f"image {handle.name}", "the image")
-                raise PayloadError(
-                    f"{where} decodes from base64 to {len(content)} bytes that are not a usable image ({reason}).",
-                    "invalid_image",
-                ) from None
+        try:
+            # The pipeline's own loader, on the bytes: the same checks and conversion as any other image source.
+            return self._load_image_file(content, max_bytes=MAX_IMAGE_BYTES)
+        except (OSError, ValueError) as err:
+            raise PayloadError(
+                f"{where} decodes from base64 to {len(content)} bytes that are not a usable image ({err}).",
+                "invalid_image",
+            ) from None
 
 
 def _base64_payload(image: str, where: str) -> str:
