@@ -80,21 +80,27 @@ def _first_subtokens(encoding, num_words: int) -> list[int]:
     return first  # type: ignore[return-value]
 
 
-def _tokenizable_words(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
-    """`words` with every word that yields no sub-token replaced by the unknown token.
+def _encode_tweet(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> tuple[list[str], Any]:
+    """The tweet alone, encoded, with every word that yields no sub-token replaced by the unknown token.
 
-    Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely;
-    such a word would have no first sub-token, and so no tag. The unknown token keeps its position.
+    Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely; such a
+    word would have no first sub-token, and so no tag. The unknown token keeps its position. The tweet is
+    tokenised once, and again only when it has such a word.
+
+    Returns:
+        The words as encoded and their encoding.
     """
-    first = _first_subtokens(_encode(tokenizer, words, None), len(words))
+    encoding = _encode(tokenizer, words, None)
+    first = _first_subtokens(encoding, len(words))
     if all(position is not None for position in first):
-        return words
+        return words, encoding
     if tokenizer.unk_token is None:
         raise ValueError(
             f"Words {[w for w, p in zip(words, first) if p is None]!r} produce no sub-token and the "
             "tokenizer has no unknown token to stand in for them."
         )
-    return [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
+    words = [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
+    return words, _encode(tokenizer, words, None)
 
 
 def encode_example(
@@ -133,9 +139,7 @@ def encode_example(
     if any(not isinstance(word, str) or not word for word in words):
         raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    words = _tokenizable_words(tokenizer, _as_text(tokenizer, words))
-
-    text = _encode(tokenizer, words, None)
+    words, text = _encode_tweet(tokenizer, _as_text(tokenizer, words))
     text_length = len(text["input_ids"])
     if text_length > limit:
         raise TweetTooLongError(

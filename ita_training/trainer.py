@@ -123,11 +123,13 @@ class ITATrainer(Trainer):
     The `processing_class` must be the encoder's fast tokenizer.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, data_collator=None, *more, **kwargs):
+        super().__init__(model, args, data_collator, *more, **kwargs)
         if self.processing_class is None:
             raise ValueError("ITATrainer needs the encoder's tokenizer: pass `processing_class=tokenizer`.")
-        if self.data_collator is None or not isinstance(self.data_collator, ITADataCollator):
+        # Trainer puts a generic padding collator in place of a missing one; only then is ITA's own used, so a
+        # collator the caller gives is kept.
+        if data_collator is None:
             self.data_collator = ITADataCollator(
                 self.processing_class, self.model.config.max_context_tokens, use_context=True, text_view=self.args.cva
             )

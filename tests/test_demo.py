@@ -55,6 +55,7 @@ def test_an_incomplete_data_dir_is_named(tmp_path):
     assert result.returncode == 2 and "lacks" in result.stderr and "BLIP2_17.txt" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_tiny_demo_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, shared_data, minilm_dir):
     output = tmp_path / "demo-output"
     settings = {"DEMO_TRAIN_STEPS": "4", "DEMO_EVAL_TWEETS": "32"}

@@ -1,5 +1,6 @@
 """With the real MiniLM encoder, a few optimizer steps on 20 real Twitter-2017 tweets lower the loss."""
 
+import pytest
 import torch
 
 from encoding_ita import encode_example, pad_batch
@@ -8,6 +9,7 @@ from modeling_ita import ITAForTokenClassification
 from preprocess.readers import read_umt
 
 
+@pytest.mark.slow
 def test_a_few_steps_on_real_tweets_lower_the_loss(minilm_dir, minilm_tokenizer, shared_data):
     tweets = read_umt(shared_data / "twitter2017" / "train.txt")[:20]
     assert len(tweets) == 20 and sum(tag.startswith("B-") for t in tweets for tag in t.tags) > 10

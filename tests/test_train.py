@@ -543,3 +543,29 @@ def test_the_collator_names_the_row_it_cannot_encode(minilm_tokenizer):
     collator = ITADataCollator(minilm_tokenizer)
     with pytest.raises(ValueError, match=r"Row 't9': Cannot encode an empty tweet"):
         collator([{"id": "t9", "tokens": [], "ner_tags": [], "visual_context": ""}])
+
+
+def test_a_given_data_collator_is_kept_and_a_missing_one_is_itas(tiny_encoder, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ita_training.collator import ITADataCollator
+    from ita_training.trainer import ITATrainer, ITATrainingArguments
+    from modeling_ita import ITAForTokenClassification
+
+    model = ITAForTokenClassification.from_encoder(str(tiny_encoder), labels=LABELS)
+    args = ITATrainingArguments(
+        output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+
+    def own_collator(rows):
+        return rows
+
+    for given in ({"data_collator": own_collator}, {}):
+        trainer = ITATrainer(model=model, args=args, processing_class=tokenizer, **given)
+        if given:
+            assert trainer.data_collator is own_collator
+        else:
+            assert isinstance(trainer.data_collator, ITADataCollator) and trainer.data_collator.text_view == args.cva
+    positional = ITATrainer(model, args, own_collator, processing_class=tokenizer)
+    assert positional.data_collator is own_collator
