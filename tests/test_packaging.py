@@ -92,8 +92,10 @@ def fresh_venv(root: Path, wheel: Path) -> Path:
     ours = {name.removesuffix(".py") for name in ours} | {
         name.split("-", 1)[0] for name in ours if name.endswith(".dist-info")
     }
-    packages = root / "packages"
-    packages.mkdir()
+    # Named site-packages: dill (under datasets' and evaluate's fingerprints) pickles modules found elsewhere by
+    # value, which fails for pyarrow's types, as it never does in a real installation.
+    packages = root / "reused" / "site-packages"
+    packages.mkdir(parents=True)
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
         stem = entry.name.removesuffix(".py")
         if entry.name.startswith("__editable__") or stem in ours or entry.name.split("-", 1)[0] in ours:
