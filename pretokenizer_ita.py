@@ -60,7 +60,10 @@ _TOKEN_PATTERNS = [
     # Tried only where a run of local-part characters starts, and bounded as RFC 5321 bounds them (64-character
     # local part, 63-character labels): otherwise a long run without an `@` ("a%a%a%...") is rescanned from every
     # position, which is quadratic.
-    ("email", r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,63}"),
+    (
+        "email",
+        r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,63}",
+    ),
     ("mention", r"(?<![A-Za-z0-9_])@[A-Za-z0-9_]+"),
     ("hashtag", rf"#{_WORD_CHAR}+"),
     ("cashtag", r"\$[A-Za-z][A-Za-z._]*(?![A-Za-z0-9])"),
