@@ -1,9 +1,10 @@
 """Offline preprocessing for ITA: read MNER datasets, align their images into text, save Arrow shards.
 
-Run ``python -m preprocess --help``; the Python entry point is :func:`preprocess.shards.preprocess`.
+Run ``python -m preprocess --help``; the Python entry point is :func:`preprocess.shards.preprocess`. See
+docs/preprocessing.md for the input formats, recovery after a kill and running on a cluster.
 """
 
 from .readers import DataFormatError, read_file, read_jsonl, read_umt
-from .shards import preprocess
+from .shards import WorkStateError, preprocess
 
-__all__ = ["DataFormatError", "preprocess", "read_file", "read_jsonl", "read_umt"]
+__all__ = ["DataFormatError", "WorkStateError", "preprocess", "read_file", "read_jsonl", "read_umt"]

@@ -13,6 +13,20 @@ Examples:
             --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
             --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \
             --aligner rapidocr --num-proc 2 --out shards/my_tweets
+
+    Two GPUs, one captioner per GPU (``--num-proc 2`` map workers, worker i on the i-th device)::
+
+        python -m preprocess --data my_tweets/ --images my_tweets/images \
+            --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
+            --num-proc 2 --devices cuda:0 cuda:1 --out shards/my_tweets
+
+    Several machines (each rank writes its own chunks of --out, on a filesystem they share; rank 0 assembles)::
+
+        torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
+            -m preprocess --data my_tweets/ --images my_tweets/images \
+            --aligner image-to-text:model=Salesforce/blip-image-captioning-base --devices auto --out shards/my_tweets
+
+    See docs/preprocessing.md for the file formats, recovery after a kill and clusters.
 """
 
 from __future__ import annotations
@@ -20,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +49,7 @@ from alignment_ita import (
 )
 
 from .readers import DataFormatError
-from .shards import preprocess
+from .shards import SETTINGS_FILE, WorkStateError, preprocess
 
 
 def parse_aligner(text: str) -> dict[str, Any]:
@@ -76,7 +92,9 @@ def parse_context(path: str) -> dict[str, Any]:
 class ContextSource(argparse.Action):
     """``--context-source TEXT``: what produced the ``--context`` file given just before it."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None) -> None:
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
+    ) -> None:
         specs = getattr(namespace, "aligners", None) or []
         last = specs[-1] if specs else {}
         if last.get("type") != PRECOMPUTED_TYPE or "paths" not in last or "source" in last:
@@ -93,24 +111,62 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples:", 1)[1],
     )
-    parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path",
+    )
+    parser.add_argument("--encoding", help="encoding of the data files (default: a byte-order mark's, else utf-8)")
+    parser.add_argument(
+        "--columns",
+        nargs=2,
+        type=int,
+        metavar=("TOKEN", "TAG"),
+        help="0-based token and tag columns of UMT files with more than two tab-separated columns "
+        "(default: exactly token<TAB>tag)",
+    )
     parser.add_argument("--out", required=True, help="output folder (DatasetDict.save_to_disk)")
     parser.add_argument("--images", help="folder of the images, named by the data's image ids or file names")
-    parser.add_argument("--aligner", dest="aligners", action="append", type=parse_aligner, default=[],
-                        metavar="SPEC", help=f"an aligner: TYPE[:key=value,...] or JSON; types {sorted(ALIGNER_TYPES)}; "
-                        "repeatable, run in the order given")
-    parser.add_argument("--context", dest="aligners", action="append", type=parse_context, metavar="FILE",
-                        help="precomputed contexts by image id: '<IMGID>.jpg :<caption>' lines or .jsonl; repeatable")
-    parser.add_argument("--context-source", action=ContextSource, metavar="TEXT",
-                        help="what produced the --context file just before it (e.g. 'BLIP-2 captions, PGIM release'), "
-                        "recorded with it and in models trained on the shards; default 'precomputed file <name>'")
+    parser.add_argument(
+        "--aligner",
+        dest="aligners",
+        action="append",
+        type=parse_aligner,
+        default=[],
+        metavar="SPEC",
+        help=f"an aligner: TYPE[:key=value,...] or JSON; types {sorted(ALIGNER_TYPES)}; "
+        "repeatable, run in the order given",
+    )
+    parser.add_argument(
+        "--context",
+        dest="aligners",
+        action="append",
+        type=parse_context,
+        metavar="FILE",
+        help="precomputed contexts by image id: '<IMGID>.jpg :<caption>' lines or .jsonl; repeatable",
+    )
+    parser.add_argument(
+        "--context-source",
+        action=ContextSource,
+        metavar="TEXT",
+        help="what produced the --context file just before it (e.g. 'BLIP-2 captions, PGIM release'), "
+        "recorded with it and in models trained on the shards; default 'precomputed file <name>'",
+    )
     parser.add_argument("--order", nargs="+", default=DEFAULT_CONTEXT_ORDER, help="segment order in the context")
     parser.add_argument("--separator", default=DEFAULT_CONTEXT_SEPARATOR, help="text between segments")
     parser.add_argument("--max-words-per-segment", type=int, help="word cap per segment")
     parser.add_argument("--max-words", type=int, help="word cap for the whole context")
     parser.add_argument("--entity-types", nargs="+", help="entity types in label order (default: all found, sorted)")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes for Dataset.map")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="DEVICE",
+        help="devices for the model aligners, one per --num-proc worker (round robin), e.g. cuda:0 "
+        "cuda:1; 'auto' = every visible GPU; under torchrun rank r starts at LOCAL_RANK x --num-proc",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="tweets per map batch")
     parser.add_argument("--chunk-size", type=int, default=1000, help="tweets per resumable chunk")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
@@ -118,9 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_devices(devices: list[str] | None) -> list[str] | None:
+    """``--devices`` as a list of devices; ``auto`` is every visible CUDA device."""
+    if devices != ["auto"]:
+        return devices
+    import torch
+
+    count = torch.cuda.device_count()
+    if not count:
+        raise ValueError("--devices auto found no CUDA device; leave --devices out to run the aligners on the CPU")
+    return [f"cuda:{i}" for i in range(count)]
+
+
+def recovery_command(argv: list[str], options: list[str]) -> str:
+    """The command that recovers: this one with ``options`` added (once)."""
+    arguments = shlex.join([*argv, *(o for o in options if o not in argv)])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"the same torchrun launch with: -m preprocess {arguments}"
+    return f"python -m preprocess {arguments}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun every rank runs main(); rank 0 speaks for all of them.
+    speaks = int(os.environ.get("RANK", "0")) == 0
     unused = [s["type"] for s in args.aligners if not set(ALIGNER_TYPES[s["type"]].segments) & set(args.order)]
     if unused:
         print(f"error: aligners {unused} fill no segment of --order {args.order}", file=sys.stderr)
@@ -146,14 +225,28 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             max_pixels=args.max_pixels,
             overwrite=args.overwrite,
+            encoding=args.encoding,
+            columns=args.columns,
+            devices=resolve_devices(args.devices),
         )
-    except (DataFormatError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except WorkStateError as err:
+        if speaks:
+            fix = "" if err.rerun_with is None else f"\n  to recover, run: {recovery_command(argv, err.rerun_with)}"
+            print(f"error: {err}{fix}", file=sys.stderr)
         return 2
-    for split, dataset in result.items():
-        with_context = sum(1 for c in dataset["visual_context"] if c)
-        errors = sum(1 for e in dataset["alignment_error"] if e)
-        print(f"{split}: {len(dataset)} tweets, {with_context} with visual context, {errors} with alignment errors")
+    except (DataFormatError, ValueError, FileNotFoundError) as err:
+        if speaks:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    if speaks:
+        data = json.loads((Path(args.out) / SETTINGS_FILE).read_text(encoding="utf-8"))["data"]
+        for split, dataset in result.items():
+            with_context = sum(1 for c in dataset["visual_context"] if c)
+            errors = sum(1 for e in dataset["alignment_error"] if e)
+            print(
+                f"{split}: {data[split]['tweets']} tweets in ({Path(data[split]['path']).name}), {len(dataset)} out, "
+                f"{with_context} with visual context, {errors} with alignment errors"
+            )
     return 0
 
 

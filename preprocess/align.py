@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
+from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Features, Sequence, Value
 
 from alignment_ita import (
+    ALIGNER_TYPES,
     DEFAULT_MAX_PIXELS,
     SEGMENTS,
     Aligner,
@@ -22,16 +26,25 @@ from alignment_ita import (
 logger = logging.getLogger(__name__)
 
 # Aligners are built once per worker process and reused across batches and chunks: loading a detector
-# or captioner per batch would dominate the run time. Keyed by the JSON of the spec.
+# or captioner per batch would dominate the run time. Keyed by the JSON of the spec and the size and modification
+# time of the files it reads, so that a context file rewritten in place is read again.
 _ALIGNER_CACHE: dict[str, Aligner] = {}
 
 
 def cached_aligner(spec: dict[str, Any]) -> Aligner:
-    """Build (once per process) the aligner of a spec."""
-    key = json.dumps(spec, sort_keys=True)
+    """Build (once per process, and again when a file it reads changes) the aligner of a spec."""
+    paths = spec.get("paths") or []
+    paths = [paths] if isinstance(paths, (str, Path)) else paths
+    stats = [(os.stat(path).st_size, os.stat(path).st_mtime_ns) if os.path.exists(path) else None for path in paths]
+    key = json.dumps([spec, stats], sort_keys=True, default=str)
     if key not in _ALIGNER_CACHE:
         _ALIGNER_CACHE[key] = aligner_from_dict(spec)
     return _ALIGNER_CACHE[key]
+
+
+def takes_device(spec: dict[str, Any]) -> bool:
+    """Whether the aligner of a spec is placed on a device by a ``device`` argument (model-based aligners)."""
+    return "device" in inspect.signature(ALIGNER_TYPES[spec["type"]].__init__).parameters
 
 
 def input_features(tags: ClassLabel) -> Features:
@@ -59,10 +72,13 @@ def output_features(tags: ClassLabel) -> Features:
 
 
 class BatchAligner:
-    """Picklable ``map`` function: loads a batch's images, runs the aligners, builds the contexts.
+    """Picklable ``map`` function (``with_rank=True``): loads a batch's images, runs the aligners, builds the contexts.
 
     It never raises for a bad image or a failing aligner: the tweet keeps whatever the other aligners
     produced and the problem is recorded in ``alignment_error`` ("" when there was none).
+
+    With ``devices``, the aligners that take a ``device`` run on one device per ``map`` process: process ``rank`` of
+    a machine's ``device_offset + rank``-th device (round robin when there are more processes than devices).
 
     Args:
         aligner_specs: Aligner specs (see ``alignment_ita.aligner_from_dict``; precomputed contexts by ``paths``),
@@ -70,6 +86,9 @@ class BatchAligner:
         builder_settings: ``VisualContextBuilder`` keyword arguments.
         images_dir: Folder of the images (``None`` when only precomputed aligners are used).
         max_pixels: Decompression-bomb guard of the image loader.
+        devices: Devices to spread the ``map`` processes over (e.g. ``["cuda:0", "cuda:1"]``); ``None`` keeps each
+            spec's own ``device``.
+        device_offset: Index of this launcher's first device (under torchrun: local rank × map processes).
     """
 
     def __init__(
@@ -78,11 +97,28 @@ class BatchAligner:
         builder_settings: dict[str, Any],
         images_dir: str | None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        devices: SequenceOf[str] | None = None,
+        device_offset: int = 0,
     ) -> None:
         self.aligner_specs = aligner_specs
         self.builder_settings = builder_settings
         self.images_dir = images_dir
         self.max_pixels = max_pixels
+        self.devices = list(devices) if devices else None
+        self.device_offset = device_offset
+
+    def device(self, rank: int | None) -> str | None:
+        """The device of ``map`` process ``rank`` (``None`` in a single-process ``map``), or ``None`` without devices."""
+        if not self.devices:
+            return None
+        return self.devices[(self.device_offset + (rank or 0)) % len(self.devices)]
+
+    def specs(self, rank: int | None) -> list[dict[str, Any]]:
+        """The aligner specs of ``map`` process ``rank``, placed on its device."""
+        device = self.device(rank)
+        if device is None:
+            return self.aligner_specs
+        return [{**spec, "device": device} if takes_device(spec) else spec for spec in self.aligner_specs]
 
     def _load(self, name: str) -> tuple[Any, str]:
         # A tweet without an image is a plain text example, not an error.
@@ -109,8 +145,8 @@ class BatchAligner:
                     results.append({})
             return results
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        aligners = [cached_aligner(spec) for spec in self.aligner_specs]
+    def __call__(self, batch: dict[str, list[Any]], rank: int | None = None) -> dict[str, list[Any]]:
+        aligners = [cached_aligner(spec) for spec in self.specs(rank)]
         builder = VisualContextBuilder(**self.builder_settings)
         size = len(batch["id"])
         errors: list[list[str]] = [[] for _ in range(size)]

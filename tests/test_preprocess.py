@@ -1,4 +1,6 @@
-"""Readers, the preprocess CLI and the Arrow shards it writes: full Twitter-2015/2017, odd images, kill and resume."""
+"""The preprocess CLI and the Arrow shards it writes: full Twitter-2015/2017, odd images, kill and resume.
+
+The readers are tested in test_readers.py, kills at every phase and races in test_shards.py."""
 
 import hashlib
 import json
@@ -14,9 +16,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from preprocess import DataFormatError, preprocess, read_jsonl, read_umt
+from preprocess import preprocess
 from preprocess.__main__ import build_parser, main
-from preprocess.readers import build_tag_feature, find_split_files
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -29,70 +30,18 @@ EMPTY_CAPTIONS = {"71406", "770560"}
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m preprocess` from the checkout, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "preprocess", *args], cwd=REPO, env=env, capture_output=True, text=True, **kwargs
+    )
 
 
 def write_umt(path: Path, tweets: list[tuple[str, list[str], list[str]]]) -> Path:
     """Write tweets as a UMT file (image id, tokens, tags), without the final blank line like Twitter-2015."""
-    blocks = ["IMGID:" + image + "\n" + "".join(f"{t}\t{g}\n" for t, g in zip(tokens, tags)) for image, tokens, tags in tweets]
+    blocks = [
+        "IMGID:" + image + "\n" + "".join(f"{t}\t{g}\n" for t, g in zip(tokens, tags)) for image, tokens, tags in tweets
+    ]
     path.write_text("\n".join(blocks), encoding="utf-8")
     return path
-
-
-# --- readers ---------------------------------------------------------------------------------------
-
-
-def test_umt_reader_keeps_last_tweet_invisible_tokens_and_i_starts(shared_data):
-    starts_with_i = 0
-    for split in ("train", "valid", "test"):
-        path = shared_data / "twitter2015" / f"{split}.txt"
-        examples = read_umt(path)
-        source = path.read_text(encoding="utf-8")
-        assert not source.endswith("\n\n")
-        last_lines = source.rstrip("\n").split("\n\n")[-1].split("\n")
-        assert examples[-1].tokens == [line.split("\t")[0] for line in last_lines[1:]]
-        for ex in examples:
-            # A span starts with I- when the previous tag is not of the same type (O, or another type).
-            starts_with_i += sum(
-                tag.startswith("I-") and (i == 0 or ex.tags[i - 1][2:] != tag[2:]) for i, tag in enumerate(ex.tags)
-            )
-    assert starts_with_i == 374
-    tokens = {t for ex in read_umt(shared_data / "twitter2017" / "train.txt") for t in ex.tokens}
-    assert {"\u200b", "\u200d", "\x92"} <= {ch for t in tokens for ch in t}
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("IMGID:1\nHello\tB_PER\n", r"data\.txt:2: tag 'B_PER' is not BIO"),
-        ("IMGID:1\nHello\tO\nno tab here\n", r"data\.txt:3: expected 'token<TAB>tag'"),
-        ("Hello\tO\n", r"data\.txt:1: token line without an 'IMGID:<id>' line"),
-        ("IMGID:1\nHi\tO\n\nthere\tO\n", r"data\.txt:4: token line without an 'IMGID:<id>' line"),
-        ("IMGID:1\n\nIMGID:2\nHi\tO\n", r"data\.txt:1: tweet IMGID:1\.jpg has no tokens"),
-    ],
-)
-def test_umt_reader_errors_name_file_and_line(tmp_path, content, message):
-    (tmp_path / "data.txt").write_text(content, encoding="utf-8")
-    with pytest.raises(DataFormatError, match=message):
-        read_umt(tmp_path / "data.txt")
-
-
-def test_jsonl_reader_and_label_set_errors(tmp_path):
-    good = {"tokens": ["Obama", "in", "Paris"], "tags": ["B-PER", "O", "B-LOC"], "image": "9.jpg"}
-    path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "tags": ["O"]}) + "\n", encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"train\.jsonl:2: 3 tokens but 1 tags"):
-        read_jsonl(path)
-    path.write_text(json.dumps(good) + "\n", encoding="utf-8")
-    assert read_jsonl(path)[0].tokens == ["Obama", "in", "Paris"]
-    umt = write_umt(tmp_path / "test.txt", [("1", ["Hi", "Bob"], ["O", "B-PER"]), ("2", ["at", "NASA"], ["O", "B-ORG"])])
-    files = find_split_files([tmp_path])
-    assert list(files) == ["train", "test"]
-    splits = {split: (read_jsonl if p.suffix == ".jsonl" else read_umt)(p) for split, p in files.items()}
-    assert build_tag_feature(splits, files).names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-    with pytest.raises(DataFormatError, match=rf"{umt}:7: tag 'B-ORG' has a type outside the label set"):
-        build_tag_feature(splits, files, entity_types=["PER", "LOC"])
 
 
 # --- full benchmarks with the released BLIP-2 captions ----------------------------------------------
@@ -131,8 +80,12 @@ def test_blip2_shards_counts_labels_and_captions(blip2_shards, shared_data):
             if row["image_id"] in EMPTY_CAPTIONS:
                 assert row == {**row, "caption": [], "visual_context": "", "context_sources": []}
             else:
-                assert row == {**row, "caption": [caption], "visual_context": caption,
-                               "context_sources": ["caption:precomputed"]}
+                assert row == {
+                    **row,
+                    "caption": [caption],
+                    "visual_context": caption,
+                    "context_sources": ["caption:precomputed"],
+                }
     assert not any(e for s in shards for e in shards[s]["alignment_error"])
 
 
@@ -142,7 +95,9 @@ def test_blip2_shards_tokens_are_byte_identical_to_the_source(blip2_shards, shar
     for split, stem in SPLITS.items():
         names = shards[split].features["ner_tags"].feature.names
         rebuilt = "".join(
-            f"IMGID:{row['image_id']}\n" + "".join(f"{t}\t{names[g]}\n" for t, g in zip(row["tokens"], row["ner_tags"])) + "\n"
+            f"IMGID:{row['image_id']}\n"
+            + "".join(f"{t}\t{names[g]}\n" for t, g in zip(row["tokens"], row["ner_tags"]))
+            + "\n"
             for row in shards[split]
         ).encode("utf-8")
         source = (shared_data / name / f"{stem}.txt").read_bytes()
@@ -156,6 +111,8 @@ def test_finished_run_is_reused_and_other_settings_are_refused(blip2_shards, sha
     result = run_cli("--data", str(shared_data / name), "--context", context, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "already complete" in result.stderr
+    for split, stem, count in zip(SPLITS, SPLITS.values(), TWEETS[name]):
+        assert f"{split}: {count} tweets in ({stem}.txt), {count} out, " in result.stdout
     assert (out / "train" / "data-00000-of-00001.arrow").stat().st_mtime_ns == before
     result = run_cli("--data", str(shared_data / name), "--context", context, "--separator", " ; ", "--out", str(out))
     assert result.returncode == 2 and "different settings (changed: builder)" in result.stderr
@@ -172,8 +129,8 @@ def test_context_files_are_recorded_without_paths_and_reruns_match_any_spelling(
     (tmp_path / "link").symlink_to(captions.parent)
     out = tmp_path / "shards"
     source = "BLIP-2 captions, PGIM release"
-    assert main(["--data", str(data), "--context", str(captions), "--context-source", source, "--max-words", "3",
-                 "--out", str(out)]) == 0
+    first = ["--data", str(data), "--context", str(captions), "--context-source", source, "--max-words", "3"]
+    assert main([*first, "--out", str(out)]) == 0
     settings = json.loads((out / "preprocess_settings.json").read_text())
     record = {"name": "BLIP2_tiny.txt", "sha256": hashlib.sha256(captions.read_bytes()).hexdigest(), "source": source}
     assert settings["aligners"] == [{"type": "precomputed", "precomputed": True, "files": [record], "format": "auto"}]
@@ -182,30 +139,36 @@ def test_context_files_are_recorded_without_paths_and_reruns_match_any_spelling(
 
     # The same file through a symlinked folder and a relative path is the same setting: the finished work is reused.
     monkeypatch.chdir(tmp_path)
+    rerun = ["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--context-source", source, "--max-words", "3"]
     with caplog.at_level(logging.INFO):
-        assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--context-source", source,
-                     "--max-words", "3", "--out", "shards"]) == 0
+        assert main([*rerun, "--out", "shards"]) == 0
     assert "already complete" in caplog.text
     # Another source, or other bytes under the same name, are other settings.
     capsys.readouterr()
     assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--max-words", "3", "--out", "shards"]) == 2
     assert "different settings (changed: aligners)" in capsys.readouterr().err
     captions.write_text("1.jpg :a woman\n2.jpg :the eiffel tower at night\n", encoding="utf-8")
-    assert main(["--data", "train.txt", "--context", "link/BLIP2_tiny.txt", "--context-source", source,
-                 "--max-words", "3", "--out", "shards"]) == 2
+    assert main([*rerun, "--out", "shards"]) == 2
     assert "different settings (changed: aligners)" in capsys.readouterr().err
+    # The file rewritten in place is read again, not taken from this process's aligner cache.
+    assert main([*rerun, "--out", "shards", "--overwrite"]) == 0
+    assert load_from_disk("shards")["train"]["visual_context"] == ["a woman", "the eiffel tower"]
 
 
 def test_context_source_option_and_its_honest_default(tmp_path):
     captions = tmp_path / "caps.txt"
     captions.write_text("1.jpg :a dog\n", encoding="utf-8")
     common = ["--data", "d", "--out", "o"]
-    args = build_parser().parse_args([*common, "--context", str(captions), "--context", str(captions),
-                                      "--context-source", "GIT captions"])
+    args = build_parser().parse_args(
+        [*common, "--context", str(captions), "--context", str(captions), "--context-source", "GIT captions"]
+    )
     assert [spec.get("source") for spec in args.aligners] == [None, "GIT captions"]
-    for bad in (["--context-source", "x"], ["--aligner", "rapidocr", "--context-source", "x"],
-                ["--context", str(captions), "--context-source", "x", "--context-source", "y"],
-                ["--context", str(captions), "--context-source", " "]):
+    for bad in (
+        ["--context-source", "x"],
+        ["--aligner", "rapidocr", "--context-source", "x"],
+        ["--context", str(captions), "--context-source", "x", "--context-source", "y"],
+        ["--context", str(captions), "--context-source", " "],
+    ):
         with pytest.raises(SystemExit):
             build_parser().parse_args([*common, *bad])
     data = write_umt(tmp_path / "train.txt", [("1", ["Rex"], ["B-PER"])])
@@ -229,24 +192,37 @@ def odd_images(tmp_path, shared_data) -> tuple[Path, Path]:
     (images / "666.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     data = tmp_path / "data"
     data.mkdir()
-    write_umt(data / "train.txt", [
-        ("27", ["Love", "hurts"], ["O", "O"]),
-        ("404", ["Where", "is", "Paris"], ["O", "O", "B-LOC"]),
-        ("33", ["LinkedIn", "skills"], ["B-ORG", "O"]),
-        ("666", ["Broken", "image"], ["O", "O"]),
-        ("102", ["Athletico", "Madrid"], ["B-ORG", "I-ORG"]),
-    ])
+    write_umt(
+        data / "train.txt",
+        [
+            ("27", ["Love", "hurts"], ["O", "O"]),
+            ("404", ["Where", "is", "Paris"], ["O", "O", "B-LOC"]),
+            ("33", ["LinkedIn", "skills"], ["B-ORG", "O"]),
+            ("666", ["Broken", "image"], ["O", "O"]),
+            ("102", ["Athletico", "Madrid"], ["B-ORG", "I-ORG"]),
+        ],
+    )
     (data / "contexts.jsonl").write_text(json.dumps({"image_id": "404", "caption": "a map of france"}) + "\n")
     return data, images
 
 
 def test_cli_with_rapidocr_records_errors_keeps_every_tweet_and_is_deterministic(odd_images, tmp_path):
     data, images = odd_images
-    common = ["--data", str(data / "train.txt"), "--images", str(images),
-              "--context", str(data / "contexts.jsonl"), "--aligner", "rapidocr:threads=1", "--batch-size", "2"]
+    common = [
+        "--data",
+        str(data / "train.txt"),
+        "--images",
+        str(images),
+        "--context",
+        str(data / "contexts.jsonl"),
+        "--aligner",
+        "rapidocr:threads=1",
+        "--batch-size",
+        "2",
+    ]
     one = run_cli(*common, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    assert "train: 5 tweets, 4 with visual context, 2 with alignment errors" in one.stdout
+    assert "train: 5 tweets in (train.txt), 5 out, 4 with visual context, 2 with alignment errors" in one.stdout
     two = run_cli(*common, "--num-proc", "2", "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr
     rows = load_from_disk(str(tmp_path / "one"))["train"].to_list()
@@ -268,14 +244,20 @@ def test_cli_with_rapidocr_records_errors_keeps_every_tweet_and_is_deterministic
 
 def test_jsonl_dataset_with_a_tweet_without_image(odd_images, tmp_path):
     _, images = odd_images
-    rows = [{"tokens": ["Love"], "tags": ["O"], "image": "27.jpg", "id": "a"},
-            {"tokens": ["No", "image", "Obama"], "tags": ["O", "O", "B-PER"], "image": "", "id": "b"}]
+    rows = [
+        {"tokens": ["Love"], "tags": ["O"], "image": "27.jpg", "id": "a"},
+        {"tokens": ["No", "image", "Obama"], "tags": ["O", "O", "B-PER"], "image": "", "id": "b"},
+    ]
     data = tmp_path / "dev.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     shards = preprocess(data=[data], out=tmp_path / "out", aligners=[{"type": "rapidocr"}], images_dir=images)
     assert list(shards) == ["validation"]
     first, second = shards["validation"].to_list()
-    assert (first["id"], first["image_id"], first["ocr"]) == ("a", "27", ["The more people you love,", "the weaker you are."])
+    assert (first["id"], first["image_id"], first["ocr"]) == (
+        "a",
+        "27",
+        ["The more people you love,", "the weaker you are."],
+    )
     assert (second["id"], second["image_id"], second["visual_context"], second["alignment_error"]) == ("b", "", "", "")
     assert shards["validation"].features["ner_tags"].feature.names == ["O", "B-PER", "I-PER"]
 
@@ -291,14 +273,34 @@ def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path, shared_dat
     ids = sorted(p.stem for p in images.glob("*.jpg"))[:12]
     data = write_umt(tmp_path / "train.txt", [(i, ["tweet", i], ["O", "O"]) for i in ids])
     out = tmp_path / "shards"
-    args = ["-m", "preprocess", "--data", str(data), "--images", str(images), "--aligner", "rapidocr:threads=1",
-            "--chunk-size", "2", "--batch-size", "1", "--out", str(out)]
+    args = [
+        "-m",
+        "preprocess",
+        "--data",
+        str(data),
+        "--images",
+        str(images),
+        "--aligner",
+        "rapidocr:threads=1",
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     chunks = out.with_name("shards.partial") / "train"
     deadline = time.time() + 240
-    while not (chunks / "chunk-00001").is_dir():
+    while not (chunks / "chunk-00000002-00000004").is_dir():
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
