@@ -125,6 +125,21 @@ def image_id_from_name(name: str) -> str:
     return base
 
 
+def _text_lines(path: str | Path, encoding: str, error: type[ValueError] = ValueError) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file; a byte that does not decode is an error naming the file and line."""
+    with open(path, encoding=encoding) as handle:
+        number = 0
+        try:
+            for number, line in enumerate(handle, start=1):
+                yield number, line
+        except UnicodeDecodeError as err:
+            # The file is decoded in blocks, so the bad byte is somewhere after the last line read.
+            raise error(
+                f"{path}: not {encoding.removesuffix('-sig').upper()} text after line {number} ({err.reason}): "
+                "convert the file to UTF-8."
+            ) from err
+
+
 def iter_jsonl(
     path: str | Path, required: Sequence[str] = (), error: type[ValueError] = ValueError
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -135,20 +150,19 @@ def iter_jsonl(
         required: Keys every object must have.
         error: The exception raised for a bad line; its message names the file and line.
     """
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise error(f"{path}:{number}: invalid JSON: {err}") from err
-            missing = [key for key in required if not isinstance(record, dict) or key not in record]
-            if missing or not isinstance(record, dict):
-                raise error(
-                    f"{path}:{number}: each line must be a JSON object with the keys {list(required)}; missing {missing}"
-                )
-            yield number, record
+    for number, line in _text_lines(path, "utf-8-sig", error):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{path}:{number}: invalid JSON: {err}") from err
+        missing = [key for key in required if not isinstance(record, dict) or key not in record]
+        if missing or not isinstance(record, dict):
+            raise error(
+                f"{path}:{number}: each line must be a JSON object with the keys {list(required)}; missing {missing}"
+            )
+        yield number, record
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1271,15 +1285,14 @@ class PrecomputedAligner(Aligner):
         entry[segment].extend(p for p in (normalize_text(piece) for piece in pieces) if p)
 
     def _read_captions(self, path: str) -> None:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                name, sep, caption = line.partition(" :")
-                if not sep or not name.strip():
-                    raise ValueError(f"{path}:{number}: expected '<IMGID>.jpg :<caption>', got {line[:80]!r}")
-                self._add(image_id_from_name(name.strip()), "caption", [caption])
+        for number, line in _text_lines(path, "utf-8"):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            name, sep, caption = line.partition(" :")
+            if not sep or not name.strip():
+                raise ValueError(f"{path}:{number}: expected '<IMGID>.jpg :<caption>', got {line[:80]!r}")
+            self._add(image_id_from_name(name.strip()), "caption", [caption])
 
     def _read_jsonl(self, path: str) -> None:
         for number, record in iter_jsonl(path, required=("image_id",)):

@@ -520,3 +520,12 @@ def test_spec_settings_are_checked_strictly(tmp_path):
             alignment_ita.normalize_spec(bad)
         with pytest.raises(ValueError, match=message):
             aligner_from_dict(bad, context_dirs=[tmp_path])
+
+
+@pytest.mark.parametrize("name", ["captions.txt", "contexts.jsonl"])
+def test_a_context_file_that_is_not_utf8_is_named(tmp_path, name):
+    path = tmp_path / name
+    line = '{"image_id": "1", "caption": "café"}\n' if name.endswith(".jsonl") else "1.jpg :café\n"
+    path.write_bytes(line.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{name}: not UTF-8 text after line 0 .*convert the file to UTF-8"):
+        PrecomputedAligner(path)
