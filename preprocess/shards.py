@@ -283,12 +283,10 @@ def _check_contexts(spec: dict[str, Any], image_ids: set[str]) -> None:
     ``map`` workers forked later reuse the aligner read here.
 
     Raises:
-        DataFormatError: A file does not decode, or the files hold a context for none of the data's images.
+        ValueError: A file does not decode (the aligner names it and the line).
+        DataFormatError: The files hold a context for none of the data's images.
     """
-    try:
-        aligner = cached_aligner(spec)
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"precomputed context files {spec.get('paths')}: {err}; convert them to UTF-8") from err
+    aligner = cached_aligner(spec)
     if image_ids and not any(aligner.knows(image_id) for image_id in image_ids):
         raise DataFormatError(
             f"precomputed context files {spec.get('paths')} hold a context for none of the {len(image_ids)} images of "

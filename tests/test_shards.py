@@ -308,9 +308,7 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
     write_umt(data, [("1", ["Hi"], ["O"]), ("2", ["Bob"], ["B-PER"])])
     captions = tmp_path / "captions.txt"
     cases = {
-        "1.jpg :a caf\u00e9\n".encode(
-            "latin-1"
-        ): f"precomputed context files ['{captions}']: 'utf-8' codec can't decode",
+        "1.jpg :a caf\u00e9\n".encode("latin-1"): f"{captions}: not UTF-8 text after line 0",
         b"": "hold a context for none of the 2 images of the data",
         b"71406.jpg :a caption of another dataset\n": "hold a context for none of the 2 images of the data",
         b"1.jpg :fine\nno separator\n": f"{captions}:2: expected '<IMGID>.jpg :<caption>'",
