@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, pipeline
+from transformers import AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_half_precision import read_captions  # noqa: E402
 from ita_onnx import ORTModelForITA, export_ita, quantize_int8  # noqa: E402
+from modeling_ita import ITAForTokenClassification  # noqa: E402
 from pipeline_ita import MultimodalNERPipeline  # noqa: E402
 from preprocess.readers import read_umt  # noqa: E402
 
@@ -77,7 +78,10 @@ def main() -> None:
         quantize_int8(onnx_dir)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         backends = {
-            "pytorch": pipeline(model=args.model, trust_remote_code=True),
+            # The checkout's pipeline for both, not the remote code a checkpoint carries (maybe of an older version).
+            "pytorch": MultimodalNERPipeline(
+                model=ITAForTokenClassification.from_pretrained(args.model).eval(), tokenizer=tokenizer, aligners=[]
+            ),
             "onnxruntime_int8": MultimodalNERPipeline(
                 model=ORTModelForITA.from_pretrained(onnx_dir, file_name="model_quantized.onnx"),
                 tokenizer=tokenizer,
