@@ -125,3 +125,25 @@ def all_entity_model(tokenizer, max_positions: int = 512) -> ITAForTokenClassifi
         model.crf.start_transitions.zero_()
         model.crf.end_transitions.zero_()
     return model
+
+
+def decisive_ita_model(tokenizer, labels: list[str] | None = None) -> ITAForTokenClassification:
+    """A one-layer random ITA model whose emissions and CRF scores are large enough to decide the tags.
+
+    At the default init (std 0.02) emissions are ~0.1 and every tag would come from the transitions.
+    """
+    torch.manual_seed(0)
+    encoder = {
+        "model_type": "bert",
+        "vocab_size": len(tokenizer),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
+    model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=labels or LABELS)).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(std=1.0)
+        for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
+            parameter.normal_()
+    return model

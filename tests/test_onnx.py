@@ -22,7 +22,7 @@ from conftest import REPO
 from crf_ita import PAD_TAG, marginals_numpy, viterbi_decode_numpy
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
-from helpers import LABELS
+from helpers import LABELS, decisive_ita_model
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")
@@ -35,21 +35,7 @@ EXPORT_SHAPES = {"batch_size": 2, "sequence_length": 16, "num_words": 7}
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_tokenizer):
     """A one-layer random ITA model whose emissions and CRF scores are large enough to decide the tags."""
-    torch.manual_seed(0)
-    encoder = {
-        "model_type": "bert",
-        "vocab_size": len(minilm_tokenizer),
-        "hidden_size": 16,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS)).eval()
-    with torch.no_grad():
-        # At the default init (std 0.02) emissions are ~0.1 and every tag would come from the transitions.
-        model.classifier.weight.normal_(std=1.0)
-        for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
-            parameter.normal_()
+    model = decisive_ita_model(minilm_tokenizer)
     checkpoint = tmp_path_factory.mktemp("onnx") / "checkpoint"
     model.save_pretrained(checkpoint)
     minilm_tokenizer.save_pretrained(checkpoint)

@@ -20,12 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from configuration_ita import ITAConfig
 from conftest import REPO, TWEETS
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
-from helpers import LABELS
-from modeling_ita import ITAForTokenClassification
+from helpers import decisive_ita_model
 
 pytest.importorskip("optimum.exporters.onnx", reason="the onnx extra (optimum, optimum-onnx) is not installed")
 pytestmark = pytest.mark.onnx
@@ -51,20 +49,7 @@ PROJECT_MODULES = (
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, minilm_tokenizer):
     """A one-layer random ITA model with emissions and CRF scores large enough to decide the tags, saved."""
-    torch.manual_seed(0)
-    encoder = {
-        "model_type": "bert",
-        "vocab_size": len(minilm_tokenizer),
-        "hidden_size": 16,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=LABELS)).eval()
-    with torch.no_grad():
-        model.classifier.weight.normal_(std=1.0)
-        for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
-            parameter.normal_()
+    model = decisive_ita_model(minilm_tokenizer)
     folder = tmp_path_factory.mktemp("onnx_cli") / "checkpoint"
     model.save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
