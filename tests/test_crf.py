@@ -9,6 +9,7 @@ import torch
 from crf_ita import (
     PAD_TAG,
     ConditionalRandomField,
+    CRFDecoder,
     bio_transition_constraints,
     marginals_numpy,
     viterbi_decode_numpy,
@@ -203,3 +204,33 @@ def test_numpy_decoders_accept_batches_without_words():
         assert np.all(viterbi_decode_numpy(emissions, mask, *scores) == PAD_TAG)
         assert viterbi_decode_numpy(emissions, mask, *scores).shape == shape[:2]
         assert np.all(marginals_numpy(emissions, mask, *scores) == 0)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 100.0])
+def test_one_sequence_decoding_equals_the_batched_decoding(constrained, scale):
+    # A batch of one takes `CRFDecoder`'s own loop (rescaled every few words, handing over to the batched code when
+    # a message underflows, as scores 100x larger make it): tags identical, scores equal, at every length and
+    # across the rescaling points.
+    crf = random_crf(5, seed=7, constrained=constrained)
+    scores = [p.detach().numpy() * scale for p in (crf.transitions, crf.start_transitions, crf.end_transitions)]
+    masks = (crf.allowed.numpy(), crf.allowed_start.numpy()) if constrained else (None, None)
+    decoder = CRFDecoder(*scores, *masks)
+    generator = np.random.default_rng(int(scale))
+    handed_over = []
+    for length in [1, 2, 7, 8, 9, 17, 40]:
+        emissions = generator.normal(size=(1, length, 5)) * scale
+        handed_over.append(decoder._decode_sequence(emissions[0]) is None)
+        padded = np.concatenate([emissions, np.zeros((1, 3, 5))], axis=1)
+        mask = np.arange(length + 3)[None, :] < length
+        tags, scores = decoder(padded, mask)
+        expected_tags = viterbi_decode_numpy(padded, mask, *decoder.decoding)
+        marginals = marginals_numpy(padded, mask, *decoder.raw)
+        expected_scores = np.take_along_axis(marginals, np.maximum(expected_tags, 0)[:, :, None], axis=2)[:, :, 0]
+        np.testing.assert_array_equal(tags, expected_tags)
+        np.testing.assert_allclose(scores, expected_scores * mask, rtol=1e-9, atol=1e-12)
+        # The same row decoded next to another one, by the batched code.
+        pair_tags, pair_scores = decoder(np.concatenate([padded, padded[:, ::-1]]), np.concatenate([mask, mask | True]))
+        np.testing.assert_array_equal(pair_tags[:1], tags)
+        np.testing.assert_allclose(pair_scores[:1], scores, rtol=1e-9, atol=1e-12)
+    assert any(handed_over) == (scale == 100.0)
