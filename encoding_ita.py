@@ -8,8 +8,9 @@ An encoded example holds two views of the tweet (docs/method.md §2–§3):
     text-only view x: the same fields prefixed with `text_`.
 `word_index[i]` is the position of the first sub-token of tweet word i. The tweet is never cut: the context
 is truncated to fit (as `truncation="only_second"` would), and a tweet that alone exceeds the encoder's limit is
-an error rather than a silent loss of words. Encoding never changes the tokenizer's settings, so one tokenizer can
-serve many threads; special-token strings in the text are read as text.
+an error for training (`encode_example`) and split into overlapping windows for inference (`encode_windows`),
+both cut from one tokenisation of the tweet and its context. Encoding never changes the tokenizer's settings,
+so one tokenizer can serve many threads; special-token strings in the text are read as text.
 """
 
 import re
@@ -55,22 +56,6 @@ def _as_text(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
     return cleaned
 
 
-def _truncate_context(encoding, room: int) -> dict[str, list[int]]:
-    """The fields of a pair encoding with the context (sequence 1) cut to its first `room` sub-tokens.
-
-    The same cut as `truncation="only_second"`: context sub-tokens are removed from its end, the tweet and the
-    special tokens stay.
-    """
-    sequence_ids = encoding.sequence_ids()
-    context_positions = [i for i, sequence in enumerate(sequence_ids) if sequence == 1]
-    drop = set(context_positions[room:])
-    return {
-        field: [v for i, v in enumerate(encoding[field]) if i not in drop]
-        for field in VIEW_FIELDS[:3]
-        if field in encoding
-    }
-
-
 def _first_subtokens(encoding, num_words: int) -> list[int]:
     """Position of the first sub-token of every tweet word (sequence 0) in a fast-tokenizer encoding."""
     first: list[int | None] = [None] * num_words
@@ -80,17 +65,19 @@ def _first_subtokens(encoding, num_words: int) -> list[int]:
     return first  # type: ignore[return-value]
 
 
-def _encode_tweet(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> tuple[list[str], Any]:
-    """The tweet alone, encoded, with every word that yields no sub-token replaced by the unknown token.
+def _encode_tweet(
+    tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None
+) -> tuple[list[str], Any]:
+    """The tweet (and its context, if any) encoded, every word that yields no sub-token replaced by the unknown token.
 
     Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely; such a
-    word would have no first sub-token, and so no tag. The unknown token keeps its position. The tweet is
+    word would have no first sub-token, and so no tag. The unknown token keeps its position. The text is
     tokenised once, and again only when it has such a word.
 
     Returns:
         The words as encoded and their encoding.
     """
-    encoding = _encode(tokenizer, words, None)
+    encoding = _encode(tokenizer, words, context_words)
     first = _first_subtokens(encoding, len(words))
     if all(position is not None for position in first):
         return words, encoding
@@ -100,7 +87,82 @@ def _encode_tweet(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> tuple
             "tokenizer has no unknown token to stand in for them."
         )
     words = [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
-    return words, _encode(tokenizer, words, None)
+    return words, _encode(tokenizer, words, context_words)
+
+
+class _TokenisedTweet:
+    """One tokenisation of a tweet's words followed by its visual context, which every view and window is cut from.
+
+    Words are tokenised one by one (`is_split_into_words`), so the sub-tokens of words `[start, end)` and of the
+    context are the same inside the whole text as in a window of it: cutting positions out of the one encoding
+    gives exactly what encoding the window would, special tokens and token types included.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str]):
+        self.tokenizer = tokenizer
+        self.words, self.encoding = _encode_tweet(tokenizer, words, context_words or None)
+        self.word_lengths = [0] * len(self.words)
+        self.context_length = 0
+        for word, sequence in zip(self.encoding.word_ids(), self.encoding.sequence_ids()):
+            if sequence == 0:
+                self.word_lengths[word] += 1
+            elif sequence == 1:
+                self.context_length += 1
+        self.single_specials = tokenizer.num_special_tokens_to_add(pair=False)
+        self.pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
+
+    def text_length(self, start: int, end: int) -> int:
+        """Sub-tokens of words `[start, end)` encoded alone, special tokens included."""
+        return sum(self.word_lengths[start:end]) + self.single_specials
+
+    def context_room(self, start: int, end: int, limit: int, max_context_tokens: int) -> int:
+        """Context sub-tokens that fit after words `[start, end)` within `limit` (0: none, or no room for one)."""
+        if not self.context_length:
+            return 0
+        return max(min(limit - sum(self.word_lengths[start:end]) - self.pair_specials, max_context_tokens), 0)
+
+    def features(self, start: int, end: int, room: int) -> dict[str, list[int]]:
+        """The fields of words `[start, end)` followed by the first `room` context sub-tokens (the tweet alone if 0).
+
+        The same cut as `truncation="only_second"`: context sub-tokens are removed from its end, the words and the
+        special tokens stay.
+        """
+        encoding = self.encoding
+        if self.context_length and not room:
+            # The tweet alone has the special tokens of one sequence, not of a pair without its second part.
+            encoding = _encode(self.tokenizer, self.words[start:end], None)
+            start, end = 0, end - start
+        keep, first, context_seen, previous = [], [], 0, None
+        for position, (word, sequence) in enumerate(zip(encoding.word_ids(), encoding.sequence_ids())):
+            if sequence == 0:
+                if not start <= word < end:
+                    continue
+                if word != previous:
+                    first.append(len(keep))
+                    previous = word
+            elif sequence == 1:
+                context_seen += 1
+                if context_seen > room:
+                    continue
+            keep.append(position)
+        fields = {field: [encoding[field][i] for i in keep] for field in VIEW_FIELDS[:3] if field in encoding}
+        fields["word_index"] = first
+        return fields
+
+
+def _checked_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[str]:
+    """`words` as text the tokenizer reads literally; errors for a slow tokenizer, no words, or an empty word."""
+    if not tokenizer.is_fast:
+        raise ValueError(
+            "ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
+            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
+    words = list(words)
+    if not words:
+        raise ValueError("Cannot encode an empty tweet: `words` is empty.")
+    if any(not isinstance(word, str) or not word for word in words):
+        raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
+    return _as_text(tokenizer, words)
 
 
 def encode_example(
@@ -125,48 +187,96 @@ def encode_example(
         Lists per field (see the module docstring); `word_index` has one entry per word.
 
     Raises:
-        TweetTooLongError: if the words alone need more sub-tokens than `max_length`.
+        TweetTooLongError: if the words alone need more sub-tokens than `max_length` (`encode_windows` splits them).
         ValueError: if `words` is empty or the tokenizer is not a fast tokenizer.
     """
-    if not tokenizer.is_fast:
-        raise ValueError(
-            "ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
-            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
-        )
-    words = list(words)
-    if not words:
-        raise ValueError("Cannot encode an empty tweet: `words` is empty.")
-    if any(not isinstance(word, str) or not word for word in words):
-        raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
+    words = _checked_words(tokenizer, words)
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    words, text = _encode_tweet(tokenizer, _as_text(tokenizer, words))
-    text_length = len(text["input_ids"])
+    tweet = _TokenisedTweet(tokenizer, words, _as_text(tokenizer, visual_context.split()))
+    text_length = tweet.text_length(0, len(words))
     if text_length > limit:
         raise TweetTooLongError(
             f"The tweet's {len(words)} words need {text_length} sub-tokens, more than the encoder's limit of "
             f"{limit}. Split it into shorter pieces, or use the multimodal-ner pipeline, which chunks long texts."
         )
-    context_words = _as_text(tokenizer, visual_context.split())
-    extra_specials = tokenizer.num_special_tokens_to_add(pair=True) - tokenizer.num_special_tokens_to_add(pair=False)
-    room = min(limit - text_length - extra_specials, max_context_tokens)
-    views: list[tuple[str, Any]] = [("", text)]
-    if context_words and room > 0:
-        cross = _encode(tokenizer, words, context_words)
-        views = [("", cross)]
-    # else: no context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
+    # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
+    room = tweet.context_room(0, len(words), limit, max_context_tokens)
+    example = tweet.features(0, len(words), room)
     if text_view:
-        views.append((TEXT_PREFIX, text))
-    example: dict[str, Any] = {}
-    for prefix, encoding in views:
-        fields = (
-            _truncate_context(encoding, room)
-            if encoding is not text
-            else {field: list(encoding[field]) for field in VIEW_FIELDS[:3] if field in encoding}
-        )
-        example.update({prefix + field: values for field, values in fields.items()})
-        # Tweet positions come before any context position, so cutting the context leaves them as they are.
-        example[prefix + "word_index"] = _first_subtokens(encoding, len(words))
+        alone = example if not room else tweet.features(0, len(words), 0)
+        example.update({TEXT_PREFIX + field: list(values) for field, values in alone.items()})
     return example
+
+
+def plan_windows(word_lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Overlapping windows `[start, end)` of whole words, each of at most `budget` sub-tokens.
+
+    Consecutive windows share `stride` words, but a window always starts at least half a window after the
+    previous one, so the plan ends.
+
+    Args:
+        word_lengths: sub-tokens of each word.
+        budget: sub-tokens a window may hold.
+        stride: words shared by consecutive windows.
+
+    Raises:
+        ValueError: if a single word needs more than `budget` sub-tokens.
+    """
+    windows, start = [], 0
+    while True:
+        end, used = start, 0
+        while end < len(word_lengths) and used + word_lengths[end] <= budget:
+            used += word_lengths[end]
+            end += 1
+        if end == start:
+            raise ValueError(
+                f"Word {start} alone needs {word_lengths[start]} sub-tokens, more than the {budget} a window of "
+                "this encoder holds; split it or remove it from the text."
+            )
+        windows.append((start, end))
+        if end == len(word_lengths):
+            return windows
+        start = max(end - stride, start + (end - start + 1) // 2)
+
+
+def encode_windows(
+    tokenizer: PreTrainedTokenizerBase,
+    words: Sequence[str],
+    visual_context: str = "",
+    max_context_tokens: int = 128,
+    max_length: int | None = None,
+    stride: int = 16,
+) -> list[tuple[tuple[int, int], dict[str, list[int]]]]:
+    """Encodes a tweet of any length for inference: one window when it fits, overlapping windows of words if not.
+
+    The tweet and its context are tokenised once; the windows are planned from that tokenisation
+    (`plan_windows`) and cut from it. Each window is read with the visual context, for which it leaves room for
+    `max_context_tokens` sub-tokens (or as many as the context has), but never more than half of the encoder.
+
+    Args:
+        tokenizer, words, visual_context, max_context_tokens, max_length: as for `encode_example`.
+        stride: words shared by consecutive windows.
+
+    Returns:
+        `[((start, end), features), ...]`: each window's words and its cross-modal view (no `text_*` fields).
+    """
+    words = _checked_words(tokenizer, words)
+    limit = max_length if max_length is not None else tokenizer.model_max_length
+    tweet = _TokenisedTweet(tokenizer, words, _as_text(tokenizer, visual_context.split()))
+    if tweet.text_length(0, len(words)) <= limit:
+        windows = [(0, len(words))]
+    else:
+        context_share = min(tweet.context_length, max_context_tokens, limit // 2)
+        budget = limit - tokenizer.num_special_tokens_to_add(pair=bool(context_share)) - context_share
+        try:
+            windows = plan_windows(tweet.word_lengths, budget, stride)
+        except ValueError as err:
+            word = next(word for word, length in zip(words, tweet.word_lengths) if length > budget)
+            raise ValueError(f"{err} (the word is {word[:50]!r}...)") from err
+    return [
+        ((start, end), tweet.features(start, end, tweet.context_room(start, end, limit, max_context_tokens)))
+        for start, end in windows
+    ]
 
 
 def pad_batch(features: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -1,9 +1,9 @@
-"""encode_example / pad_batch: both views, first sub-tokens, context-only truncation, no silent word loss."""
+"""encode_example / encode_windows / pad_batch: both views, first sub-tokens, context-only truncation, no silent word loss."""
 
 import pytest
 import torch
 
-from encoding_ita import TweetTooLongError, encode_example, pad_batch
+from encoding_ita import TweetTooLongError, encode_example, encode_windows, pad_batch, plan_windows
 
 WORDS = ["Kawhi", "Leonard", "wins", "\u200b", "#NBAAwards", "\u00ad"]
 CONTEXT = "a man playing basketball on a court with a crowd watching the game"
@@ -89,3 +89,42 @@ def test_pad_batch_pads_each_field_with_its_own_value(minilm_tokenizer):
     assert batch["text_word_index"][1].tolist() == [b["text_word_index"][0]] + [-1] * 5
     assert batch["labels"].tolist() == [[1, 2, 0, 0, 7, 0], [5] + [-100] * 5]
     assert batch["input_ids"].dtype == torch.long
+
+
+@pytest.mark.parametrize("context", ["", CONTEXT])
+def test_windows_cut_from_one_tokenisation_equal_encoding_each_window(tokenizer, context):
+    # 60 words (some invisible, some split into several sub-tokens) through an encoder of 48 sub-tokens: each window
+    # cut from the one tokenisation is exactly what encoding its words alone with the context gives.
+    words = (WORDS + ["Toronto", "Raptors", "championship", "parade", "🏀", "#WeTheNorth"]) * 5
+    windows = encode_windows(tokenizer, words, context, max_context_tokens=12, max_length=48, stride=4)
+    assert len(windows) > 2 and windows[0][0][0] == 0 and windows[-1][0][1] == len(words)
+    for ((start, end), _), ((next_start, _), _) in zip(windows, windows[1:]):
+        assert start < next_start < end  # consecutive windows overlap
+    for (start, end), features in windows:
+        expected = encode_example(
+            tokenizer, words[start:end], context, max_context_tokens=12, max_length=48, text_view=False
+        )
+        assert features == expected
+        assert len(features["input_ids"]) <= 48
+    # A tweet that fits is one window, equal to its training encoding's cross-modal view.
+    ((span, features),) = encode_windows(tokenizer, WORDS, context, max_context_tokens=12, max_length=48)
+    assert span == (0, len(WORDS))
+    assert features == encode_example(tokenizer, WORDS, context, max_context_tokens=12, max_length=48, text_view=False)
+
+
+def test_plan_windows_covers_every_word_within_the_budget(minilm_tokenizer):
+    lengths = [1, 3, 2, 2, 1, 4, 1, 1, 2, 3, 1, 1]
+    windows = plan_windows(lengths, budget=6, stride=2)
+    # Each window starts `stride` words before the previous end, or half a window after its start if that is later.
+    assert windows == [(0, 3), (2, 5), (4, 7), (6, 9), (8, 11), (10, 12)]
+    assert all(sum(lengths[start:end]) <= 6 for start, end in windows)
+    # Without overlap the windows tile the words; a huge stride still advances by half a window.
+    assert plan_windows(lengths, budget=6, stride=0) == [(0, 3), (3, 5), (5, 8), (8, 11), (11, 12)]
+    assert plan_windows([1] * 8, budget=4, stride=10) == [(0, 4), (2, 6), (4, 8)]
+    assert plan_windows([2, 2], budget=6, stride=3) == [(0, 2)]
+    with pytest.raises(ValueError, match="Word 1 alone needs 7 sub-tokens, more than the 6"):
+        plan_windows([1, 7, 1], budget=6, stride=1)
+    # Through `encode_windows`, the message names the word (BERT splits it at every dot: 39 sub-tokens).
+    word = ".".join("abcdefghijklmnopqrst")
+    with pytest.raises(ValueError, match=r"more than the 18 a window of this encoder holds.*'a\.b\.c"):
+        encode_windows(minilm_tokenizer, ["the", word, "end"], "", max_length=20)
