@@ -12,7 +12,7 @@ Settings (a command-line option, else an environment variable):
 - `--model` / `ITA_MODEL`: a checkpoint folder or Hub id, opened with `pipeline(model=..., trust_remote_code=True)`.
 - `--allow-model-choice` / `ITA_ALLOW_MODEL_CHOICE=1`: let visitors type another checkpoint folder or Hub id in the
   page. Off by default: loading a checkpoint runs its remote code, so only allow it on a machine you trust visitors with.
-- `--aligner SPEC` (repeatable) / `ITA_ALIGNERS` (a JSON list): aligner specs (`alignment_ita` `to_dict()` form) that
+- `--aligner SPEC` (repeatable) / `ITA_ALIGNERS` (a JSON list): aligner specs (`aligners_ita` `to_dict()` form) that
   turn images into context instead of the checkpoint's own, e.g. `{"type": "rapidocr"}`.
 - `--data` / `DATA_DIR`: a data folder of the shared layout (`images/twitter2015/*.jpg` with
   `twitter2015/{train,valid,test}.txt`) whose real tweet images become the examples; default `../shared/data` beside
@@ -36,7 +36,7 @@ from typing import Any
 # No usage statistics sent from wherever the app runs (and no waiting on a network that may be absent).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402 - after the setting above, which gradio reads at import
+import gradio as gr
 
 logger = logging.getLogger("ita_app")
 
@@ -138,7 +138,7 @@ class Tagger:
                 result = ner(text, image=picture, return_visual_context=True)
             except (TypeError, ValueError) as err:
                 raise gr.Error(f"The model cannot tag this input: {_first_line(err)}", print_exception=False) from None
-            except Exception as err:  # noqa: BLE001 - the visitor gets a message, the log gets the traceback.
+            except Exception as err:
                 logger.exception("Tagging failed")
                 raise gr.Error(
                     f"The model failed on this input ({type(err).__name__}); the app's log has the details.",

@@ -12,7 +12,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 # Twitter-2017's tag set; Twitter-2015 uses OTHER instead of MISC. Used only when no labels are given.
 DEFAULT_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
-# The visual-context builder's defaults (`alignment_ita.VisualContextBuilder` reads them from here): segments in
+# The visual-context builder's defaults (`visual_context_ita.VisualContextBuilder` reads them from here): segments in
 # context order, the text between segments, and the joiner of a segment's pieces (" " for segments not listed).
 DEFAULT_CONTEXT_ORDER = ["caption", "objects", "ocr"]
 DEFAULT_CONTEXT_SEPARATOR = " | "
@@ -37,7 +37,8 @@ CVA_KL_MODES = ("crf_marginals", "emission_softmax")
 PIPELINE_TASK = "multimodal-ner"
 PIPELINE_TASK_ALIASES = ("token-classification", "ner")
 PIPELINE_IMPL = "pipeline_ita.MultimodalNERPipeline"
-_BIO_TAG = re.compile(r"^[BI]-\S+$")
+# One BIO tag; the label-set check here and the dataset readers (`preprocess/readers.py`) both use it.
+BIO_TAG = re.compile(r"^(?:O|[BI]-\S+)$")
 
 
 def validate_bio_labels(labels: list[str]) -> None:
@@ -48,7 +49,7 @@ def validate_bio_labels(labels: list[str]) -> None:
     """
     if "O" not in labels:
         raise ValueError(f"The label set {labels} has no 'O' tag; ITA tags BIO sequences and needs 'O'.")
-    malformed = [label for label in labels if label != "O" and not _BIO_TAG.match(label)]
+    malformed = [label for label in labels if not BIO_TAG.match(label)]
     if malformed:
         raise ValueError(
             f"Malformed BIO tags {malformed}: every label must be 'O', 'B-<TYPE>' or 'I-<TYPE>' "
@@ -99,7 +100,7 @@ def validate_context_file(record: Any) -> None:
     if not isinstance(record, dict) or set(record) != set(CONTEXT_FILE_KEYS):
         raise ValueError(
             f"A precomputed-context file is recorded as {{'name', 'sha256', 'source'}}, got {record!r}; write it with "
-            "alignment_ita.PrecomputedAligner(paths).to_dict() (or normalize_spec) where the file is."
+            "precomputed_ita.PrecomputedAligner(paths).to_dict() (or normalize_spec) where the file is."
         )
     name = record["name"]
     if not isinstance(name, str) or name in ("", ".", "..") or any(character in name for character in "/\\:\x00"):
@@ -118,7 +119,7 @@ def validate_aligner_spec(spec: Any, live: bool = False) -> None:
 
     Every spec must be a JSON-serialisable dict with a `type`; a precomputed spec must hold only `type`,
     `precomputed`, `files` (file records, see `validate_context_file`) and `format`. The settings of other aligner
-    types are checked against their constructor when the pipeline builds them (`alignment_ita.normalize_spec`): the
+    types are checked against their constructor when the pipeline builds them (`visual_context_ita.normalize_spec`): the
     config cannot know the aligner types user code registers.
 
     Raises:
@@ -151,7 +152,7 @@ def validate_aligner_spec(spec: Any, live: bool = False) -> None:
         )
         raise ValueError(
             f"Unknown key(s) {unknown} in the precomputed spec {spec!r}; it takes {list(PRECOMPUTED_SPEC_KEYS)}{hint}. "
-            "Write it with alignment_ita.normalize_spec(spec) where the files are."
+            "Write it with visual_context_ita.normalize_spec(spec) where the files are."
         )
     files = spec.get("files")
     if not isinstance(files, list) or not files:
@@ -234,7 +235,7 @@ class ITAConfig(PretrainedConfig):
         max_context_tokens (`int`, *optional*, defaults to 128):
             Sub-token budget of the visual context; the context, never the tweet, is cut to fit.
         aligners (`list[dict]`, *optional*):
-            Specs of the aligners that produced the training contexts (`alignment_ita.Aligner.to_dict()`), so inference
+            Specs of the aligners that produced the training contexts (`aligners_ita.Aligner.to_dict()`), so inference
             can rebuild them. Precomputed contexts are recorded without any path, as
             `{"type": "precomputed", "precomputed": true, "format": "auto", "files": [{"name": "BLIP2_17.txt",
             "sha256": "<hex digest>", "source": "BLIP-2 captions, PGIM release"}]}`: the pipeline looks each file up by

@@ -101,7 +101,7 @@ def create_app(
             return _json(result)
         except RequestError as err:
             return _error(err.status_code, str(err), err.error_type)
-        except Exception as err:  # noqa: BLE001 - every failure becomes a JSON answer; none reaches the client raw.
+        except Exception as err:
             if getattr(err, "status_code", None) == 400 and callable(getattr(err, "to_dict", None)):
                 return _json(err.to_dict(), status_code=400)
             logger.exception("The handler failed on a request")

@@ -19,41 +19,40 @@ from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
 
 try:
-    from .alignment_ita import (
-        DEFAULT_IMAGE_TIMEOUT,
-        DEFAULT_MAX_IMAGE_BYTES,
-        DEFAULT_MAX_PIXELS,
-        Aligner,
-        VisualContextBuilder,
-        aligner_from_dict,
-        check_image_limits,
-        image_id_from_name,
-        image_source_kind,
-        load_image,
-        spec_is_precomputed,
-    )
+    from .aligners_ita import Aligner
     from .configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
     from .crf_ita import CRFDecoder
-    from .encoding_ita import TweetTooLongError, encode_example, pad_batch
-    from .pretokenizer_ita import TweetPreTokenizer
-except ImportError:
-    from alignment_ita import (
+    from .encoding_ita import encode_windows, pad_batch
+    from .images_ita import (
         DEFAULT_IMAGE_TIMEOUT,
         DEFAULT_MAX_IMAGE_BYTES,
         DEFAULT_MAX_PIXELS,
-        Aligner,
-        VisualContextBuilder,
-        aligner_from_dict,
         check_image_limits,
-        image_id_from_name,
-        image_source_kind,
+        image_id_from_source,
         load_image,
-        spec_is_precomputed,
     )
+
+    # Imported here though only visual_context_ita uses it: from a local folder, transformers 4 copies only the
+    # modules the pipeline file itself imports.
+    from .precomputed_ita import PrecomputedAligner
+    from .pretokenizer_ita import TweetPreTokenizer
+    from .visual_context_ita import VisualContextBuilder, align_images, aligners_for_image, build_aligners
+except ImportError:
+    from aligners_ita import Aligner
     from configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
     from crf_ita import CRFDecoder
-    from encoding_ita import TweetTooLongError, encode_example, pad_batch
+    from encoding_ita import encode_windows, pad_batch
+    from images_ita import (
+        DEFAULT_IMAGE_TIMEOUT,
+        DEFAULT_MAX_IMAGE_BYTES,
+        DEFAULT_MAX_PIXELS,
+        check_image_limits,
+        image_id_from_source,
+        load_image,
+    )
+    from precomputed_ita import PrecomputedAligner  # noqa: F401
     from pretokenizer_ita import TweetPreTokenizer
+    from visual_context_ita import VisualContextBuilder, align_images, aligners_for_image, build_aligners
 
 logger = logging.get_logger(__name__)
 
@@ -106,9 +105,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         - `model(input_ids=..., attention_mask=..., [token_type_ids=...,] word_index=...)` returning the
           emissions `logits` of shape `(batch_size, num_words, num_labels)` (attribute, key or first element).
     Decoding runs outside the model, in float64 numpy (`CRFDecoder`: constrained Viterbi when
-    `config.crf_bio_constraints`, forward–backward marginals for the scores), once per batch in `_forward`, and
-    once per tweet in `postprocess` for a long tweet's stitched windows. So any model object with that interface,
-    e.g. an ONNX Runtime wrapper or a half-precision model, runs through this pipeline unchanged.
+    `config.crf_bio_constraints`, forward–backward marginals for the scores), once per tweet: for the whole batch
+    in `_forward`, and in `postprocess` for a long tweet once its windows are stitched. So any model object with that
+    interface, e.g. an ONNX Runtime wrapper or a half-precision model, runs through this pipeline unchanged.
 
     Long tweets. A tweet whose words do not fit the encoder is split into windows of whole words that overlap
     by `stride` words; every window is read with the visual context, each word takes its emissions from the
@@ -117,7 +116,7 @@ class MultimodalNERPipeline(ChunkPipeline):
 
     Args:
         aligners (`Aligner`, `dict` or a list of them, *optional*):
-            Aligners (objects of `alignment_ita`, or their `to_dict()` specs) that turn an image into visual
+            Aligners (objects of `aligners_ita`, or their `to_dict()` specs) that turn an image into visual
             context, used instead of the checkpoint's `config.aligners` and `config.live_aligners`. `[]` tags text
             only. Built once, when the pipeline is created.
         context_dir (`str` or `os.PathLike`, *optional*):
@@ -159,81 +158,13 @@ class MultimodalNERPipeline(ChunkPipeline):
         config = self.model.config
         self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else TweetPreTokenizer()
         self.context_builder = VisualContextBuilder.from_config(config)
-        self.aligners, self.live_aligners = self._build_aligners(aligners, context_dir)
+        self.aligners, self.live_aligners = build_aligners(config, aligners, context_dir)
         self.max_length = self._encoder_limit()
         # One encoding now resets any truncation or padding another user of this tokenizer set: the pipeline's
         # own calls never change those settings, so threads can then share the tokenizer (see `encoding_ita`).
-        encode_example(self.tokenizer, ["a"], "a", text_view=False)
+        encode_windows(self.tokenizer, ["a"], "a")
         # Built once: the pipeline decodes with the CRF scores the model has when the pipeline is created.
         self.decoder = CRFDecoder.from_crf(self.model.crf, constrained=config.crf_bio_constraints)
-
-    def _build_aligners(
-        self, aligners: None | Aligner | dict | list, context_dir: str | os.PathLike | None
-    ) -> tuple[list[Aligner], list[Aligner]]:
-        """The aligners given, or those recorded in the checkpoint; says once which recorded ones are unusable.
-
-        Returns:
-            `(aligners, live_aligners)`: the aligners run for every image, and the checkpoint's live aligners, run
-            instead of its precomputed aligners for an image none of those holds a context for.
-        """
-        if context_dir is not None and not os.path.isdir(context_dir):
-            raise ValueError(
-                f"`context_dir` must be a folder holding precomputed-context files; {str(context_dir)!r} is not one."
-            )
-        config = self.model.config
-        # Context files recorded by name are looked up only in the caller's folder and the checkpoint's own folder (or
-        # Hub repository), never at a path read from config.json.
-        folders = [str(folder) for folder in (context_dir, config.name_or_path) if folder]
-        if aligners is not None:
-            given = aligners if isinstance(aligners, (list, tuple)) else [aligners]
-            return [self._as_aligner(aligner, folders) for aligner in given], []
-        built: dict[str, list[Aligner]] = {"aligners": [], "live_aligners": []}
-        unavailable = []
-        for field, aligner_list in built.items():
-            for spec in getattr(config, field):
-                try:
-                    aligner_list.append(aligner_from_dict(spec, context_dirs=folders))
-                except Exception as err:  # noqa: BLE001 - any failure (missing file, package, model) is reported below.
-                    kind = (
-                        "live aligner"
-                        if field == "live_aligners"
-                        else "precomputed contexts"
-                        if spec_is_precomputed(spec)
-                        else "aligner"
-                    )
-                    unavailable.append(f"{spec.get('type')!r} {kind} ({type(err).__name__}: {err})")
-        aligners, live = built["aligners"], built["live_aligners"]
-        if unavailable:
-            usable = [a.type for a in aligners] + [
-                f"{a.type} (live, for images without precomputed context)" for a in live
-            ]
-            outcome = (
-                "Images are ignored and tweets are tagged text-only"
-                if not usable
-                else f"Only {usable} will turn images into context"
-            )
-            logger.warning(
-                f"This checkpoint was trained with visual context from {len(config.aligners)} aligner(s) and names "
-                f"{len(config.live_aligners)} live aligner(s), of which these cannot be rebuilt here: "
-                f"{'; '.join(unavailable)}. {outcome}. Pass `context_dir=` (the folder of the recorded context files), "
-                "`aligners=` (e.g. alignment_ita.RapidOCRAligner()) to the pipeline, or `visual_context=` with each call."
-            )
-        return aligners, live
-
-    @staticmethod
-    def _as_aligner(aligner: Aligner | dict, folders: list[str]) -> Aligner:
-        """A spec dict built into an aligner (its recorded context files looked up in `folders`), or an aligner object.
-
-        Objects are recognised by their interface, not by class: the checkout's `alignment_ita.Aligner` and the
-        copy a checkpoint loads as remote code are different classes with the same methods.
-        """
-        if isinstance(aligner, dict):
-            return aligner_from_dict(aligner, context_dirs=folders)
-        if not (callable(getattr(aligner, "align", None)) and hasattr(aligner, "needs_images")):
-            raise TypeError(
-                f"{aligner!r} is not an aligner: pass alignment_ita aligner objects or their to_dict() specs."
-            )
-        return aligner
 
     def _encoder_limit(self) -> int:
         """Sub-tokens the encoder reads at most: the tokenizer's limit, capped by the position embeddings."""
@@ -305,7 +236,7 @@ class MultimodalNERPipeline(ChunkPipeline):
                 `" ".join(words)`).
             image (`PIL.Image.Image`, `str` or `None`):
                 The tweet's image: a PIL image, a local path, an http(s) URL, base64 or a `data:image/...;base64,`
-                URI, all read the same way by `alignment_ita.load_image` (EXIF orientation, 16-bit grey scaled,
+                URI, all read the same way by `images_ita.load_image` (EXIF orientation, 16-bit grey scaled,
                 transparency on white, RGB). An image that cannot be read within the limits below gives one warning
                 and the text-only result.
             is_split_into_words (`bool`, *optional*, defaults to `False`):
@@ -340,32 +271,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             raise ValueError(
                 "Give the tweet's text: pipe(text, image=...), pipe({'text': ..., 'image': ...}) or a list."
             )
-        return super().__call__(self._normalize_inputs(text, image, is_split_into_words), **kwargs)
-
-    def _normalize_inputs(self, text: Any, image: Any, is_split_into_words: bool) -> Any:
-        """Maps every accepted input form to one input dict, a list of them or a generator of them."""
-        if isinstance(text, (bytes, bytearray, memoryview)):
-            raise TypeError("A tweet must be a str, got bytes: decode it first, e.g. `text.decode('utf-8')`.")
-        if isinstance(text, (str, dict)) or (is_split_into_words and _is_word_list(text)):
-            return _input_dict(text, image)
-        if isinstance(text, list):
-            images = image if isinstance(image, list) else [image] * len(text)
-            if len(images) != len(text):
-                raise ValueError(
-                    f"Got {len(text)} texts but {len(images)} images; give one image per text, or a single image."
-                )
-            return [_input_dict(element, element_image) for element, element_image in zip(text, images)]
-        if isinstance(text, Iterable):
-            if image is not None:
-                raise ValueError(
-                    "With a generator or dataset of inputs, give each input's image inside it ({'text', 'image'})."
-                )
-            # A `datasets.Dataset` is not a generator; the base pipeline only streams generators (and torch
-            # datasets), so rows are read through one.
-            return (_input_dict(element, None) for element in text)
-        raise TypeError(
-            f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list."
-        )
+        return super().__call__(_normalized_inputs(text, image, is_split_into_words), **kwargs)
 
     def preprocess(
         self,
@@ -376,129 +282,43 @@ class MultimodalNERPipeline(ChunkPipeline):
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> Iterator[dict[str, Any]]:
-        text = inputs["text"]
-        if isinstance(text, str):
-            pieces = self.pre_tokenizer.pre_tokenize_str(text)
-            words = [word for word, _ in pieces]
-            offsets = [offset for _, offset in pieces]
-        else:
-            words, offsets, position = list(text), [], 0
-            for word in words:
-                offsets.append((position, position + len(word)))
-                position += len(word) + 1
-            text = " ".join(words)
+        text, words, offsets = _split_words(inputs["text"], self.pre_tokenizer)
         context = inputs["visual_context"] if inputs["visual_context"] is not None else visual_context
         if context is None:
             limits = {"timeout": timeout, "max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
             context = self._align(inputs, **limits) if words else ""
         item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
         if not words:
-            yield {"features": None, "span": (0, 0), "keep": (0, 0), "item": item, "is_last": True}
+            yield {"features": None, "span": (0, 0), "item": item, "is_last": True}
             return
-        encode = dict(
-            max_context_tokens=self.model.config.max_context_tokens, max_length=self.max_length, text_view=False
-        )
-        try:
-            features = encode_example(self.tokenizer, words, context, **encode)
-        except TweetTooLongError:
-            windows = self._windows(words, context, stride)
-        else:
-            yield {
-                "features": features,
-                "span": (0, len(words)),
-                "keep": (0, len(words)),
-                "item": item,
-                "is_last": True,
-            }
-            return
-        for index, (start, end) in enumerate(windows):
-            # Each word belongs to the window where it is farthest from an edge: overlaps are split in the middle.
-            keep_start = 0 if index == 0 else (start + windows[index - 1][1]) // 2
-            keep_end = len(words) if index == len(windows) - 1 else (windows[index + 1][0] + end) // 2
-            yield {
-                "features": encode_example(self.tokenizer, words[start:end], context, **encode),
-                "span": (start, end),
-                "keep": (keep_start, keep_end),
-                "item": item,
-                "is_last": index == len(windows) - 1,
-            }
-
-    def _windows(self, words: list[str], context: str, stride: int) -> list[tuple[int, int]]:
-        """Overlapping word windows `[start, end)` of a tweet too long for the encoder, each leaving room for context."""
-        tokenizer = self.tokenizer
-        word_ids = tokenizer(words, is_split_into_words=True, add_special_tokens=False).word_ids()
-        counts = [0] * len(words)
-        for word_id in word_ids:
-            counts[word_id] += 1
-        # A word with no sub-token is encoded as the unknown token (encoding_ita), i.e. one sub-token.
-        counts = [max(count, 1) for count in counts]
-        context_tokens = (
-            len(tokenizer(context.split(), is_split_into_words=True, add_special_tokens=False)["input_ids"])
-            if context
-            else 0
-        )
-        # Leave the context its budget in every window, but never more than half of the encoder.
-        context_share = min(context_tokens, self.model.config.max_context_tokens, self.max_length // 2)
-        budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=bool(context_share)) - context_share
-        windows, start = [], 0
-        while True:
-            end, used = start, 0
-            while end < len(words) and used + counts[end] <= budget:
-                used += counts[end]
-                end += 1
-            if end == start:
-                raise ValueError(
-                    f"The word {words[start][:50]!r}... alone needs {counts[start]} sub-tokens, more than the "
-                    f"{budget} a window of this encoder holds; split it or remove it from the text."
-                )
-            windows.append((start, end))
-            if end == len(words):
-                return windows
-            # Windows overlap by `stride` words, but always advance by at least half a window.
-            start = max(end - stride, start + (end - start + 1) // 2)
+        max_context_tokens = self.model.config.max_context_tokens
+        windows = encode_windows(self.tokenizer, words, context, max_context_tokens, self.max_length, stride)
+        for index, (span, features) in enumerate(windows):
+            yield {"features": features, "span": span, "item": item, "is_last": index == len(windows) - 1}
 
     def _align(self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int) -> str:
-        """The visual context of one input from the pipeline's aligners; "" (and one warning) when it fails.
+        """The visual context of one input (`visual_context_ita.align_images`); "" and one warning when it fails.
 
-        The image, whatever its form, is read by `alignment_ita.load_image` within the call's limits.
-
-        An image that no precomputed aligner knows (a new image, or none could be built) gets its context from the
-        live aligners instead of the precomputed ones, through the same context builder.
+        The image, whatever its form, is read by `images_ita.load_image` within the call's limits; an image that no
+        precomputed aligner knows gets its context from the live aligners (`visual_context_ita.aligners_for_image`).
         """
         image, image_id = inputs["image"], inputs["image_id"]
         if not (self.aligners or self.live_aligners) or (image is None and image_id is None):
             return ""
-        if image_id is None and isinstance(image, (str, os.PathLike)) and image_source_kind(image) in ("path", "url"):
-            image_id = image_id_from_name(str(image))
-        aligners = self.aligners
-        if self.live_aligners and (
-            image_id is None or not any(aligner.knows(image_id) for aligner in aligners if not aligner.needs_images)
-        ):
-            # No precomputed context for this image: the live aligners stand in for the precomputed ones.
-            aligners = [aligner for aligner in aligners if aligner.needs_images] + self.live_aligners
-        problems, picture = [], None
+        image_id = image_id if image_id is not None else image_id_from_source(image)
+        aligners = aligners_for_image(self.aligners, self.live_aligners, image_id)
+        picture, problem = None, None
         if image is not None and any(aligner.needs_images for aligner in aligners):
             try:
                 picture = load_image(image, max_pixels, max_bytes=max_bytes, timeout=timeout)
             except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
                 # The loader's messages name the image, base64 shortened to a preview.
-                problems.append(f"cannot read the image ({type(err).__name__}: {err})")
-        segments: dict[str, list[str]] = {}
-        for aligner in aligners:
-            if (picture if aligner.needs_images else image_id) is None:
-                continue
-            try:
-                result = aligner(picture, image_id)
-            except Exception as err:  # noqa: BLE001 - one failing aligner leaves the others' context.
-                problems.append(f"aligner {aligner.type!r} failed ({type(err).__name__}: {err})")
-                continue
-            for name, pieces in result.items():
-                segments.setdefault(name, []).extend(pieces)
-        context, _ = self.context_builder.build(segments)
-        if problems:
-            fallback = "tagging it text-only" if not context else "using the context of the other aligners"
-            logger.warning(f"{'; '.join(problems)}: {fallback}.")
-        return context
+                problem = f"cannot read the image ({type(err).__name__}: {err})"
+        [context] = align_images([picture], [image_id], aligners, self.context_builder, [problem])
+        if context.errors:
+            fallback = "tagging it text-only" if not context.text else "using the context of the other aligners"
+            logger.warning(f"{'; '.join(context.errors)}: {fallback}.")
+        return context.text
 
     def get_inference_context(self):
         # No autograd bookkeeping at all (transformers' default is `no_grad`): tensors never leave the pipeline.
@@ -508,7 +328,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         # With batch_size 1 the inputs come one by one; batched, every field is a list (see `pad_collate_fn`:
         # the encoded features are plain lists so that `pad_batch` pads `word_index` with -1, not 0).
         batched = isinstance(model_inputs["is_last"], list)
-        features = model_inputs["features"] if batched else [model_inputs["features"]]
+        features, spans, items = (
+            (model_inputs[key] if batched else [model_inputs[key]]) for key in ("features", "span", "item")
+        )
         present = [i for i, feature in enumerate(features) if feature is not None]
         num_words = max((len(features[i]["word_index"]) for i in present), default=0)
         logits = torch.zeros(len(features), num_words, self.model.config.num_labels)
@@ -517,18 +339,18 @@ class MultimodalNERPipeline(ChunkPipeline):
             outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
             emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
             logits[present] = torch.as_tensor(emissions).float().cpu()
-        # Decoding the whole batch at once costs about as much as decoding one tweet: it is done here, outside
-        # the model (and any ONNX graph), for every window; `postprocess` uses it for single-window tweets.
-        mask = np.zeros(logits.shape[:2], dtype=bool)
+        # Whole tweets are decoded here, the batch at once (which costs about as much as one tweet), outside the
+        # model and any ONNX graph; a long tweet's windows are decoded once, stitched together, in `postprocess`.
+        whole = np.zeros(logits.shape[:2], dtype=bool)
         for i in present:
-            mask[i, : len(features[i]["word_index"])] = True
-        tags, tag_scores = self.decoder(logits.numpy(), mask)
+            if spans[i] == (0, len(items[i].words)):
+                whole[i, : len(features[i]["word_index"])] = True
+        tags, tag_scores = self.decoder(logits.numpy(), whole)
         return {
             "logits": logits,
             "tags": torch.from_numpy(tags),
             "tag_scores": torch.from_numpy(tag_scores),
             "span": model_inputs["span"],
-            "keep": model_inputs["keep"],
             "item": model_inputs["item"],
             "is_last": model_inputs["is_last"],
         }
@@ -553,11 +375,7 @@ class MultimodalNERPipeline(ChunkPipeline):
                 tags, scores = tags[: len(item.words)], scores[: len(item.words)].tolist()
             else:
                 # A long tweet's windows are stitched and decoded as one sequence, so tags stay valid across seams.
-                pieces = []
-                for output in all_outputs:
-                    (start, _), (keep_start, keep_end) = output["span"], output["keep"]
-                    pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
-                emissions = np.concatenate(pieces)[None]
+                emissions = _stitch(all_outputs, len(item.words))[None]
                 tags, scores = self.decoder(emissions, np.ones(emissions.shape[:2], dtype=bool))
                 tags, scores = tags[0], scores[0].tolist()
             labels = [self.model.config.id2label[int(tag)] for tag in tags]
@@ -571,6 +389,56 @@ class MultimodalNERPipeline(ChunkPipeline):
         if return_visual_context:
             return {"entities": entities, "visual_context": item.visual_context}
         return entities
+
+
+def _split_words(text: str | list[str], pre_tokenizer: Any) -> tuple[str, list[str], list[tuple[int, int]]]:
+    """`(text, words, offsets)` of a raw string (split by `pre_tokenizer`) or a word list (offsets into its join)."""
+    if isinstance(text, str):
+        pieces = pre_tokenizer.pre_tokenize_str(text)
+        return text, [word for word, _ in pieces], [offset for _, offset in pieces]
+    offsets, position = [], 0
+    for word in text:
+        offsets.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(text), list(text), offsets
+
+
+def _stitch(window_outputs: list[dict[str, Any]], num_words: int) -> np.ndarray:
+    """A long tweet's emissions `(num_words, num_labels)` from its windows' logits.
+
+    Each word takes its emissions from the window where it is farthest from an edge: overlaps are split in the middle.
+    """
+    spans = [output["span"] for output in window_outputs]
+    pieces = []
+    for index, (output, (start, end)) in enumerate(zip(window_outputs, spans)):
+        keep_start = 0 if index == 0 else (start + spans[index - 1][1]) // 2
+        keep_end = num_words if index == len(spans) - 1 else (spans[index + 1][0] + end) // 2
+        pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
+    return np.concatenate(pieces)
+
+
+def _normalized_inputs(text: Any, image: Any, is_split_into_words: bool) -> Any:
+    """Maps every accepted input form to one input dict, a list of them or a generator of them."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise TypeError("A tweet must be a str, got bytes: decode it first, e.g. `text.decode('utf-8')`.")
+    if isinstance(text, (str, dict)) or (is_split_into_words and _is_word_list(text)):
+        return _input_dict(text, image)
+    if isinstance(text, list):
+        images = image if isinstance(image, list) else [image] * len(text)
+        if len(images) != len(text):
+            raise ValueError(
+                f"Got {len(text)} texts but {len(images)} images; give one image per text, or a single image."
+            )
+        return [_input_dict(element, element_image) for element, element_image in zip(text, images)]
+    if isinstance(text, Iterable):
+        if image is not None:
+            raise ValueError(
+                "With a generator or dataset of inputs, give each input's image inside it ({'text', 'image'})."
+            )
+        # A `datasets.Dataset` is not a generator; the base pipeline only streams generators (and torch
+        # datasets), so rows are read through one.
+        return (_input_dict(element, None) for element in text)
+    raise TypeError(f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list.")
 
 
 def _is_word_list(value: Any) -> bool:

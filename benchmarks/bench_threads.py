@@ -25,11 +25,11 @@ from transformers import AutoTokenizer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_half_precision import read_captions  # noqa: E402
-from ita_onnx import ORTModelForITA, export_ita, quantize_int8  # noqa: E402
-from modeling_ita import ITAForTokenClassification  # noqa: E402
-from pipeline_ita import MultimodalNERPipeline  # noqa: E402
-from preprocess.readers import read_umt  # noqa: E402
+from benchmarks.bench_half_precision import read_captions
+from ita_onnx import ORTModelForITA, export_ita, quantize_int8
+from modeling_ita import ITAForTokenClassification
+from pipeline_ita import MultimodalNERPipeline
+from preprocess.readers import read_umt
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -43,7 +43,7 @@ def run_threads(ner, inputs: list[dict], threads: int) -> tuple[float, list]:
         try:
             for i in indices:
                 results[i] = ner(inputs[i])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure in a thread is reported after the run
             errors.append(repr(error))
 
     shares = [range(t, len(inputs), threads) for t in range(threads)]

@@ -133,12 +133,32 @@ def dev_scores(model_dir: Path) -> str:
 
 
 def refresh_remote_code(model_dir: Path) -> None:
-    """Brings a reused checkpoint's remote-code files up to date with this checkout (the weights stay)."""
-    stale = [p.name for p in sorted(model_dir.glob("*_ita.py")) if p.read_bytes() != (REPO / p.name).read_bytes()]
-    for name in stale:
+    """Brings a reused checkpoint's remote code to this checkout's (the weights stay).
+
+    The modules its `config.json` names (model, config, pipeline) and, import by import, every sibling module they
+    import are copied from the checkout where they differ or are missing; a `*_ita.py` file none of them imports any
+    more (a module since split or renamed) is removed.
+    """
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    config = json.loads((model_dir / "config.json").read_text())
+    entries = [*config.get("auto_map", {}).values(), *(p["impl"] for p in config.get("custom_pipelines", {}).values())]
+    modules = [REPO / f"{entry.rsplit('.', 1)[0]}.py" for entry in entries]
+    needed = {Path(path).name for module in modules for path in [module, *get_relative_import_files(module)]}
+    updated = [
+        name
+        for name in sorted(needed)
+        if not (model_dir / name).is_file() or (model_dir / name).read_bytes() != (REPO / name).read_bytes()
+    ]
+    for name in updated:
         shutil.copyfile(REPO / name, model_dir / name)
-    if stale:
-        print(f"      updated its remote code from this checkout: {', '.join(stale)}")
+    removed = [path.name for path in sorted(model_dir.glob("*_ita.py")) if path.name not in needed]
+    for name in removed:
+        (model_dir / name).unlink()
+    if updated or removed:
+        print(
+            f"      brought its remote code to this checkout's: updated {updated or 'none'}, removed {removed or 'none'}"
+        )
 
 
 def render_sign(path: Path) -> Path:
@@ -189,7 +209,8 @@ def show(title: str, text: str, result: dict, width: int = 160) -> None:
 def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
     from transformers import pipeline
 
-    from alignment_ita import PrecomputedAligner, RapidOCRAligner
+    from aligners_ita import RapidOCRAligner
+    from precomputed_ita import PrecomputedAligner
 
     aligners = [RapidOCRAligner()]
     captions = data / "captions" / "blip2" / "BLIP2_15.txt"

@@ -31,20 +31,13 @@ def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     A `trainer_state.json` already in `folder` (from `Trainer.save_state`) gets its paths made relative to
     `folder` (see `make_trainer_state_portable`).
 
-    `modeling_ita` records the multimodal-ner pipeline in the config (`custom_pipelines`) and imports
-    `pipeline_ita` relatively, so `save_pretrained` writes both; a warning says when that is not the case.
+    Every `ITAConfig` records the multimodal-ner pipeline (`custom_pipelines`), and the model's `save_pretrained`
+    writes the pipeline's remote code beside its own; `check_hub_folder` verifies the result.
     """
     folder = Path(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     make_trainer_state_portable(folder)
-    if PIPELINE_TASK not in (getattr(model.config, "custom_pipelines", None) or {}):
-        logger.warning(
-            "The model config has no custom_pipelines entry for %r: %s opens with "
-            "AutoModelForTokenClassification but not with pipeline(model=..., trust_remote_code=True).",
-            PIPELINE_TASK,
-            folder,
-        )
 
 
 def make_trainer_state_portable(folder: str | Path) -> None:

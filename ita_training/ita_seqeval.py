@@ -1,4 +1,4 @@
-"""`ita_seqeval`: ITA's entity-level NER metric as an `evaluate` module (SPEC §4).
+"""`ita_seqeval`: ITA's entity-level NER metric as an `evaluate` module (docs/method.md §4).
 
 This file is the one implementation of the metric. `evaluate.load(<path of this file>)` copies it into the
 modules cache and imports it from there, so it imports only `evaluate`, `datasets` and `seqeval`, and loads

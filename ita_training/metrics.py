@@ -1,4 +1,4 @@
-"""Where ITA's entity-level NER metric lives, and loading it (SPEC §4).
+"""Where ITA's entity-level NER metric lives, and loading it (docs/method.md §4).
 
 The metric is the `evaluate` module `ita_seqeval.py` beside this file (see its docstring for what it computes).
 It ships inside the package, so it is found in a wheel install as in the checkout, and loads offline::

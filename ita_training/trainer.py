@@ -1,4 +1,4 @@
-"""`ITATrainer`: transformers' `Trainer` with ITA's optimiser groups, schedule and two-mode evaluation (SPEC §4)."""
+"""`ITATrainer`: `Trainer` with ITA's optimiser groups, schedule and two-mode evaluation (docs/method.md §4)."""
 
 import os
 import time
@@ -15,7 +15,7 @@ from transformers.training_args import trainer_log_levels
 from .collator import ITADataCollator
 from .metrics import load_ner_metric
 
-# Inference modes of SPEC §4: with the image's visual context (x'), and the tweet alone (x).
+# Inference modes of docs/method.md §4: with the image's visual context (x'), and the tweet alone (x).
 EVAL_MODES = {"with_context": True, "text_only": False}
 SELECTION_METRICS = ("mean_f1", "with_context_f1", "text_only_f1")
 
@@ -28,7 +28,7 @@ def has_accelerator() -> bool:
 
 @dataclass
 class ITATrainingArguments(TrainingArguments):
-    """`TrainingArguments` with ITA's settings and SPEC §4's reference defaults.
+    """`TrainingArguments` with ITA's settings and docs/method.md §4's reference defaults.
 
     Defaults follow the paper's XLM-R-large recipe: AdamW at 5e-6 for the encoder and emission layer, 5e-2
     for the CRF transitions, no warm-up, linear decay to 0, 10 epochs, batch 4, clipping 5.0, and the best
@@ -36,7 +36,8 @@ class ITATrainingArguments(TrainingArguments):
     """
 
     crf_learning_rate: float = field(
-        default=5e-2, metadata={"help": "Learning rate of the CRF transition, start and end scores (SPEC §4: 0.05)."}
+        default=5e-2,
+        metadata={"help": "Learning rate of the CRF transition, start and end scores (docs/method.md §4: 0.05)."},
     )
     cva: bool = field(
         default=True,

@@ -40,13 +40,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from alignment_ita import (
-    ALIGNER_TYPES,
-    DEFAULT_CONTEXT_ORDER,
-    DEFAULT_CONTEXT_SEPARATOR,
-    DEFAULT_MAX_PIXELS,
-    PRECOMPUTED_TYPE,
-)
+from configuration_ita import DEFAULT_CONTEXT_ORDER, DEFAULT_CONTEXT_SEPARATOR, PRECOMPUTED_TYPE
+from images_ita import DEFAULT_MAX_PIXELS
+from visual_context_ita import ALIGNER_TYPES
 
 from .readers import DataFormatError
 from .shards import SETTINGS_FILE, WorkStateError, preprocess
@@ -84,7 +80,7 @@ def parse_context(path: str) -> dict[str, Any]:
     """Turn a ``--context FILE`` value into a precomputed-aligner spec.
 
     The path only says where to read the file: the recorded settings (and a model trained on the shards) name the
-    file by name, checksum and source (see ``alignment_ita.PrecomputedAligner``).
+    file by name, checksum and source (see ``precomputed_ita.PrecomputedAligner``).
     """
     return {"type": PRECOMPUTED_TYPE, "paths": [str(Path(path).resolve())]}
 

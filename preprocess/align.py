@@ -1,10 +1,13 @@
-"""The batched ``Dataset.map`` function that aligns the images of a batch of tweets into visual context."""
+"""The batched ``Dataset.map`` function that turns the images of a batch of tweets into visual context.
+
+It reads a batch's image files and hands them to ``visual_context_ita.align_images``, the pipeline's image → context
+step, so that training contexts and inference contexts are made the same way.
+"""
 
 from __future__ import annotations
 
 import inspect
 import json
-import logging
 import os
 from collections.abc import Sequence as SequenceOf
 from pathlib import Path
@@ -12,18 +15,9 @@ from typing import Any
 
 from datasets import ClassLabel, Features, Sequence, Value
 
-from alignment_ita import (
-    ALIGNER_TYPES,
-    DEFAULT_MAX_PIXELS,
-    SEGMENTS,
-    Aligner,
-    VisualContextBuilder,
-    aligner_from_dict,
-    find_image_file,
-    load_image,
-)
-
-logger = logging.getLogger(__name__)
+from aligners_ita import SEGMENTS, Aligner
+from images_ita import DEFAULT_MAX_PIXELS, find_image_file, load_image
+from visual_context_ita import ALIGNER_TYPES, VisualContextBuilder, align_images, aligner_from_dict
 
 # Aligners are built once per worker process and reused across batches and chunks: loading a detector
 # or captioner per batch would dominate the run time. Keyed by the JSON of the spec and the size and modification
@@ -72,7 +66,7 @@ def output_features(tags: ClassLabel) -> Features:
 
 
 class BatchAligner:
-    """Picklable ``map`` function (``with_rank=True``): loads a batch's images, runs the aligners, builds the contexts.
+    """Picklable ``map`` function (``with_rank=True``): reads a batch's images and turns them into visual context.
 
     It never raises for a bad image or a failing aligner: the tweet keeps whatever the other aligners
     produced and the problem is recorded in ``alignment_error`` ("" when there was none).
@@ -81,8 +75,9 @@ class BatchAligner:
     a machine's ``device_offset + rank``-th device (round robin when there are more processes than devices).
 
     Args:
-        aligner_specs: Aligner specs (see ``alignment_ita.aligner_from_dict``; precomputed contexts by ``paths``),
-            run in this order; pieces of the same segment from several aligners are concatenated in this order.
+        aligner_specs: Aligner specs (see ``visual_context_ita.aligner_from_dict``; precomputed contexts by
+            ``paths``), run in this order; pieces of the same segment from several aligners are concatenated in this
+            order.
         builder_settings: ``VisualContextBuilder`` keyword arguments.
         images_dir: Folder of the images (``None`` when only precomputed aligners are used).
         max_pixels: Decompression-bomb guard of the image loader.
@@ -120,58 +115,33 @@ class BatchAligner:
             return self.aligner_specs
         return [{**spec, "device": device} if takes_device(spec) else spec for spec in self.aligner_specs]
 
-    def _load(self, name: str) -> tuple[Any, str]:
-        # A tweet without an image is a plain text example, not an error.
+    def _load(self, name: str) -> tuple[Any, str | None]:
+        """The image of a tweet, or None and why it could not be read (no error for a tweet without an image)."""
         if self.images_dir is None or not name:
-            return None, ""
+            return None, None
         path = find_image_file(self.images_dir, name)
         if path is None:
             return None, f"image not found: {Path(self.images_dir) / name}"
         try:
-            return load_image(path, self.max_pixels), ""
+            return load_image(path, self.max_pixels), None
         except (FileNotFoundError, ValueError) as err:
             return None, str(err)
 
-    def _run(self, aligner: Aligner, images: list[Any], ids: list[str], errors: list[list[str]]) -> list[dict]:
-        try:
-            return aligner.align(images, ids)
-        except Exception:  # noqa: BLE001 - one bad image must not cost the batch; retry one by one.
-            results = []
-            for i, (image, image_id) in enumerate(zip(images, ids)):
-                try:
-                    results.append(aligner.align([image], [image_id])[0])
-                except Exception as err:  # noqa: BLE001 - recorded per tweet, never lost.
-                    errors[i].append(f"{aligner.type}: {type(err).__name__}: {err}")
-                    results.append({})
-            return results
-
     def __call__(self, batch: dict[str, list[Any]], rank: int | None = None) -> dict[str, list[Any]]:
         aligners = [cached_aligner(spec) for spec in self.specs(rank)]
-        builder = VisualContextBuilder(**self.builder_settings)
         size = len(batch["id"])
-        errors: list[list[str]] = [[] for _ in range(size)]
         images: list[Any] = [None] * size
+        load_errors: list[str | None] = [None] * size
         if any(a.needs_images for a in aligners):
             for i, name in enumerate(batch["image"]):
-                images[i], error = self._load(name)
-                if error:
-                    errors[i].append(error)
-        segments: list[dict[str, list[str]]] = [{name: [] for name in SEGMENTS} for _ in range(size)]
-        producers: list[dict[str, list[str]]] = [{} for _ in range(size)]
-        for aligner in aligners:
-            for i, result in enumerate(self._run(aligner, images, batch["image_id"], errors)):
-                for name, pieces in result.items():
-                    if pieces:
-                        segments[i].setdefault(name, []).extend(pieces)
-                        producers[i].setdefault(name, []).append(aligner.type)
+                images[i], load_errors[i] = self._load(name)
+        contexts = align_images(
+            images, batch["image_id"], aligners, VisualContextBuilder(**self.builder_settings), load_errors
+        )
         out = dict(batch)
         for name in SEGMENTS:
-            out[name] = [s[name] for s in segments]
-        contexts = [builder.build(s) for s in segments]
-        out["visual_context"] = [text for text, _ in contexts]
-        out["context_sources"] = [
-            [f"{name}:{producer}" for name in sources for producer in dict.fromkeys(producers[i][name])]
-            for i, (_, sources) in enumerate(contexts)
-        ]
-        out["alignment_error"] = ["; ".join(e) for e in errors]
+            out[name] = [context.segments[name] for context in contexts]
+        out["visual_context"] = [context.text for context in contexts]
+        out["context_sources"] = [context.sources for context in contexts]
+        out["alignment_error"] = ["; ".join(context.errors) for context in contexts]
         return out

@@ -7,9 +7,10 @@ UMT format (Twitter-2015/2017): a line ``IMGID:<id>``, then ``token<TAB>tag`` li
 A tweet starts only at a line that is ``IMGID:<id>`` as a whole: ``IMGID:trap<TAB>O`` is the token ``IMGID:trap``.
 A token line has exactly two tab-separated columns unless ``columns=(token, tag)`` chooses two of a file's columns
 (CoNLL files with POS or chunk columns); then every token line must have as many columns as the file's first one.
-SPEC §6 traps handled here: files that do not end with a blank line (the last tweet is still closed), invisible
-Unicode tokens (lines are split on ``\n`` and ``\t`` only, never on other whitespace, so U+00A0, U+200B, U+0085 ...
-survive verbatim), and spans that start with ``I-`` (kept as they are; evaluation decides how to read them).
+The traps of docs/method.md §6 handled here: files that do not end with a blank line (the last tweet is still
+closed), invisible Unicode tokens (lines are split on ``\n`` and ``\t`` only, never on other whitespace, so U+00A0,
+U+200B, U+0085 ... survive verbatim), and spans that start with ``I-`` (kept as they are; evaluation decides how to
+read them).
 
 JSONL format: one object per line, ``{"tokens": [...], "tags": [...], "image": "<file or id>" | null}`` with an
 optional ``"id"`` (a string or an integer, unique in the file); any other key is an error.
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel
+
+from configuration_ita import BIO_TAG
 
 #: Split names accepted in file names, mapped to the DatasetDict split (UMT's ``valid`` → ``validation``).
 SPLIT_ALIASES: dict[str, str] = {
@@ -52,7 +55,6 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-_TAG = re.compile(r"^(?:O|[BI]-\S+)$")
 # The tweets of a UMT file, counted without parsing it: a witness for the reader (a tweet starts at a whole
 # IMGID line). `^` and `$` with re.M match at "\n" only, the same line breaks the reader uses.
 _UMT_TWEET = re.compile(r"^IMGID:[^\t\n]*$", re.M)
@@ -132,7 +134,7 @@ def _lines(text: str) -> Iterable[tuple[int, str]]:
 
 
 def _check_tag(tag: str, path: Path, line: int) -> None:
-    if not _TAG.match(tag):
+    if not BIO_TAG.match(tag):
         raise DataFormatError(f"{path}:{line}: tag {tag!r} is not BIO (expected 'O', 'B-<TYPE>' or 'I-<TYPE>')")
 
 

@@ -50,15 +50,10 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_from_disk
 from datasets.distributed import split_dataset_by_node
 
-from alignment_ita import (
-    DEFAULT_MAX_PIXELS,
-    PRECOMPUTED_TYPE,
-    VisualContextBuilder,
-    file_sha256,
-    image_id_from_name,
-    normalize_spec,
-    spec_is_precomputed,
-)
+from configuration_ita import PRECOMPUTED_TYPE
+from images_ita import DEFAULT_MAX_PIXELS, image_id_from_name
+from precomputed_ita import file_sha256
+from visual_context_ita import VisualContextBuilder, normalize_spec, spec_is_precomputed
 
 from .align import BatchAligner, cached_aligner, input_features, output_features, takes_device
 from .readers import (
@@ -380,7 +375,7 @@ def preprocess(
         data: A folder with ``train/valid/test`` files, or files, or ``split=path`` pairs (see
             ``readers.find_split_files``).
         out: Output folder for ``DatasetDict.save_to_disk``; ``<out>.partial`` holds unfinished work.
-        aligners: Aligner specs (``alignment_ita`` ``to_dict`` form), in order; precomputed contexts are given by
+        aligners: Aligner specs (``aligners_ita`` ``to_dict`` form), in order; precomputed contexts are given by
             ``paths`` (and an optional ``source``) and recorded by file name, checksum and source.
         images_dir: Folder of the images; required when an aligner reads pixels.
         builder_settings: ``VisualContextBuilder`` keyword arguments (order, separator, caps).

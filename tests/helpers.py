@@ -1,16 +1,27 @@
-"""Builders shared by test files: tiny random models saved as folders, noise images and an offline Hub cache."""
+"""What test files share: the checkout's path, tweets and label sets, tiny random encoders and ITA models (also saved
+as folders), `train.py` runs in a fresh process, noise images and an offline Hub cache."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BertConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from configuration_ita import DEFAULT_LABELS, ITAConfig
 from modeling_ita import ITAForTokenClassification
 
+REPO = Path(__file__).resolve().parents[1]
+TWEETS = [
+    "Kawhi Leonard wins the fan vote for Block of the Year",
+    "New Post : Blackburn Festival of Voice 2017",
+    "a man playing basketball on a court with a crowd",
+    "RT @NBA : the Golden State Warriors visit the White House",
+]
 # A fixed commit id for repositories put into a test Hub cache.
 CACHE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -19,6 +30,15 @@ def noise_image(seed: int, size: tuple[int, int] = (80, 60)) -> Image.Image:
     """A random RGB image: different seeds give different pixels, so a captioner's answers differ."""
     width, height = size
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def render_text(text: str, size: tuple[int, int] = (640, 160), font_size: int = 48) -> Image.Image:
+    """Black text on white, drawn with Pillow's bundled scalable font: an image OCR reads exactly."""
+    from PIL import ImageDraw, ImageFont
+
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((20, 50), text, fill="black", font=ImageFont.load_default(size=font_size))
+    return image
 
 
 def save_tiny_captioner(folder: Path, tokenizer_dir: Path) -> Path:
@@ -86,9 +106,75 @@ def add_to_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
     return snapshot
 
 
-# The tag sets the tests use: Twitter-2017's (configuration_ita's default) and a smaller one without MISC.
+# The tag sets the tests use: Twitter-2017's (configuration_ita's default), Twitter-2015's (OTHER for MISC) and a
+# smaller one without MISC.
 LABELS = list(DEFAULT_LABELS)
+T15_LABELS = [label.replace("MISC", "OTHER") for label in DEFAULT_LABELS]
 PIPELINE_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def tiny_encoder_config(
+    kind: str, vocab_size: int, hidden_size: int = 32, max_positions: int = 128
+) -> PretrainedConfig:
+    """A one-layer, two-head random encoder config of the given family ('bert', 'xlm-roberta' or 'deberta-v2')."""
+    extra = {"pad_token_id": 1, "type_vocab_size": 1} if kind == "xlm-roberta" else {}
+    return AutoConfig.for_model(
+        kind,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
+        **extra,
+    )
+
+
+def save_tiny_encoder(folder: Path, minilm_dir: Path) -> Path:
+    """Saves a one-layer random BERT (seed 0) with the MiniLM tokenizer to `folder`, like a Hub encoder."""
+    from transformers import AutoTokenizer, BertModel
+
+    torch.manual_seed(0)
+    BertModel(tiny_encoder_config("bert", vocab_size=30522, hidden_size=16)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder
+
+
+def tiny_train_argv(shards: Path, encoder: Path | None, output_dir: Path, *extra: str) -> list[str]:
+    """`train.py` options for a few quick epochs of `encoder` on `shards` (later `extra` options win).
+
+    With `encoder` None, `train.py` picks its default encoder (the offline MiniLM when it is installed).
+    """
+    return [
+        "--dataset_path",
+        str(shards),
+        *(["--encoder_name_or_path", str(encoder)] if encoder is not None else []),
+        "--output_dir",
+        str(output_dir),
+        "--learning_rate",
+        "3e-3",
+        "--crf_learning_rate",
+        "5e-2",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_train_epochs",
+        "2",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "True",
+        "--seed",
+        "0",
+        *extra,
+    ]
+
+
+def run_python(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Runs this interpreter with `args` in a fresh process, cwd the checkout, offline, with extra `env`."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **env}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def tiny_ita_model(
@@ -97,14 +183,7 @@ def tiny_ita_model(
     """A one-layer random ITA model on `tokenizer`'s vocabulary whose CRF has random scores, so decoding is not
     trivial (emission weights are scaled up so that tags differ from word to word)."""
     torch.manual_seed(seed)
-    encoder = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=max_positions,
-    )
+    encoder = tiny_encoder_config("bert", len(tokenizer), hidden_size=16, max_positions=max_positions)
     config = ITAConfig(encoder_config=encoder, labels=labels or PIPELINE_LABELS, **config_kwargs)
     model = ITAForTokenClassification(config).eval()
     with torch.no_grad():
@@ -133,14 +212,7 @@ def decisive_ita_model(tokenizer, labels: list[str] | None = None) -> ITAForToke
     At the default init (std 0.02) emissions are ~0.1 and every tag would come from the transitions.
     """
     torch.manual_seed(0)
-    encoder = {
-        "model_type": "bert",
-        "vocab_size": len(tokenizer),
-        "hidden_size": 16,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
+    encoder = tiny_encoder_config("bert", len(tokenizer), hidden_size=16, max_positions=512)
     model = ITAForTokenClassification(ITAConfig(encoder_config=encoder, labels=labels or LABELS)).eval()
     with torch.no_grad():
         model.classifier.weight.normal_(std=1.0)

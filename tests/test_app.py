@@ -23,9 +23,8 @@ pytest.importorskip("gradio", reason="Gradio 6 is not installed (the `app` extra
 
 from test_handler import assert_requirements_met, image_server, save_captioned_checkpoint, save_images  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from helpers import REPO, T15_LABELS  # noqa: E402
 
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
 TWEET = "Obama visits Paris with Merkel"
 EXAMPLE_TWEET = ["RT", "@NBA", ":", "Kyrie", "plays", "with", "LeBron"]
 START_TIMEOUT = 60
@@ -52,7 +51,7 @@ def free_port() -> int:
 def site(tmp_path_factory, minilm_dir, minilm_tokenizer):
     """The app on a tiny captioned checkpoint, with a data folder of the shared layout for its examples."""
     base = tmp_path_factory.mktemp("app")
-    checkpoint = save_captioned_checkpoint(base / "ckpt", minilm_tokenizer, minilm_dir, labels=LABELS)
+    checkpoint = save_captioned_checkpoint(base / "ckpt", minilm_tokenizer, minilm_dir, labels=T15_LABELS)
     images = save_images(base / "images")
     data = base / "data"
     save_images(data / "images" / "twitter2015", seeds=(7,))

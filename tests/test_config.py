@@ -5,9 +5,7 @@ import json
 import pytest
 
 from configuration_ita import DEFAULT_LABELS, ITAConfig
-from conftest import tiny_encoder_config
-
-T15_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-OTHER", "I-OTHER"]
+from helpers import T15_LABELS, tiny_encoder_config
 
 
 @pytest.mark.parametrize(

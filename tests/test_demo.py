@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.onnx  # the demo exports and runs the ONNX model
 

@@ -33,7 +33,10 @@ PROJECT_MODULES = (
     "modeling_ita",
     "crf_ita",
     "encoding_ita",
-    "alignment_ita",
+    "images_ita",
+    "aligners_ita",
+    "precomputed_ita",
+    "visual_context_ita",
     "pipeline_ita",
     "pretokenizer_ita",
 )

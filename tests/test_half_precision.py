@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, pipeline
 
-from conftest import TWEETS
-from helpers import tiny_ita_model
+from helpers import TWEETS, tiny_ita_model
 
 HALF = [torch.bfloat16, torch.float16]
 

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from alignment_ita import CaptionAligner
-from conftest import REPO
+from aligners_ita import CaptionAligner
 from fresh_process import run_fresh_python
-from helpers import noise_image, save_tiny_captioner, tiny_ita_model
+from helpers import REPO, noise_image, save_tiny_captioner, tiny_ita_model
 
 TEXT = "Kawhi Leonard wins the fan vote for Block of the Year"
 OTHER_TEXT = "RT @NBA : the Golden State Warriors visit the White House"

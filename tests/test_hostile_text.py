@@ -36,7 +36,7 @@ def test_threads_sharing_one_pipeline_get_the_sequential_results(pipe):
             for round_ in range(3):
                 for index, item in enumerate(INPUTS):
                     results[(worker, round_, index)] = pipe(item, aggregation_strategy="none")
-        except Exception as error:  # any failure in a thread fails the test below
+        except Exception as error:  # noqa: BLE001 - any failure in a thread fails the test below
             errors.append(repr(error))
 
     threads = [threading.Thread(target=work, args=(worker,)) for worker in range(4)]

@@ -1,4 +1,4 @@
-"""Images from anywhere, bounded: one loader (`alignment_ita.load_image`) for PIL images, paths, URLs, base64 and
+"""Images from anywhere, bounded: one loader (`images_ita.load_image`) for PIL images, paths, URLs, base64 and
 `data:` URIs, checked against a local HTTP server on 127.0.0.1 that drips, never ends, sends a huge image,
 redirects and sends a non-image; and what of it reaches the pipeline's aligners."""
 
@@ -22,15 +22,17 @@ import pytest
 import torch
 from PIL import Image
 
-from alignment_ita import (
+from aligners_ita import Aligner
+from helpers import tiny_ita_model
+from images_ita import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     MAX_IMAGE_REDIRECTS,
-    Aligner,
+    find_image_file,
+    image_id_from_source,
     image_source_kind,
     load_image,
 )
-from helpers import tiny_ita_model
 from pipeline_ita import MultimodalNERPipeline
 
 TIMEOUT = 2.0
@@ -226,7 +228,7 @@ PEAK_PROBE = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from alignment_ita import load_image
+from images_ita import load_image
 
 def rss(field):
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
@@ -402,6 +404,65 @@ def test_a_huge_image_is_refused_before_decoding_by_path_url_and_pil(tmp_path, s
     print(
         f"huge image by URL refused: peak RSS growth {growth / 2**20:.1f} MiB (decoding 16 MP: {decoded / 2**20:.0f} MiB)"
     )
+
+
+# --- files: content over name, EXIF, corrupt files and bombs, finding an image by its id --------------
+
+
+def test_load_image_handles_png_behind_jpg_name_and_transparency(shared_data):
+    with Image.open(shared_data / "images" / "twitter2015" / "113.jpg") as raw:
+        assert raw.format == "PNG" and raw.mode == "RGBA"
+    image = load_image(shared_data / "images" / "twitter2015" / "113.jpg")
+    assert image.mode == "RGB" and image.size == (600, 211)
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    image = load_image(path)
+    assert image.size == (20, 40)
+    top, bottom = np.asarray(image)[:5].mean(), np.asarray(image)[-5:].mean()
+    assert top > 200 and bottom < 50
+
+
+def test_load_image_refuses_missing_corrupt_truncated_and_bomb_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        load_image(tmp_path / "missing.jpg")
+    (tmp_path / "junk.jpg").write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "junk.jpg")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:2000])
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "truncated.jpg")
+    # 81 megapixels of 1-bit zeros (under Pillow's own warning limit): a few kB on disk, refused before decoding.
+    Image.new("1", (9_000, 9_000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="81000000 pixels, more than max_pixels=64000000: refused before decoding"):
+        load_image(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="more than max_pixels=1000"):
+        load_image(tmp_path / "truncated.jpg", max_pixels=1000)
+
+
+def test_find_image_file_by_id_or_name(tmp_path):
+    (tmp_path / "12.png").write_bytes(b"")
+    assert find_image_file(tmp_path, "12.jpg") == tmp_path / "12.png"
+    assert find_image_file(tmp_path, "12") == tmp_path / "12.png"
+    assert find_image_file(tmp_path, "13.jpg") is None
+
+
+def test_a_path_or_url_names_its_image_id_and_other_sources_none(tmp_path):
+    (tmp_path / "1015799.jpg").write_bytes(b"")
+    assert image_id_from_source(str(tmp_path / "1015799.jpg")) == image_id_from_source(tmp_path / "1015799.jpg")
+    assert image_id_from_source(tmp_path / "1015799.jpg") == "1015799"
+    assert image_id_from_source("https://pbs.twimg.com/media/ABC.png") == "ABC"
+    png = encoded(Image.new("RGB", (8, 8)), "PNG")
+    for source in (None, Image.new("RGB", (8, 8)), png, base64.b64encode(png).decode()):
+        assert image_id_from_source(source) is None
 
 
 # --- URLs: one deadline, a byte cap, redirects ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The `ita_seqeval` evaluate module: hand-computed cases and a conlleval re-implementation on real tags."""
+"""The `ita_seqeval` evaluate module: hand-computed cases and a conlleval re-implementation on many tags."""
 
 import random
 
@@ -69,10 +69,37 @@ def conlleval_chunks(tags: list[str]) -> set[tuple[str, int, int]]:
     return chunks
 
 
-def test_matches_a_conlleval_reimplementation_on_real_twitter2015_tags(metric, shared_data):
-    """Twitter-2015 dev has spans that start with I-; random corruptions exercise every chunk rule."""
-    gold = [tweet.tags for tweet in read_umt(shared_data / "twitter2015" / "valid.txt")]
+def synthetic_gold(count: int = 1000) -> list[list[str]]:
+    """Seeded BIO sequences of 3 to 30 tags with Twitter-2015's types, about 5% of spans starting with I-."""
+    rng = random.Random(1)
+    gold = []
+    for _ in range(count):
+        tags: list[str] = []
+        while len(tags) < rng.randint(3, 30):
+            if rng.random() < 0.7:
+                tags.append("O")
+                continue
+            kind = rng.choice(["PER", "LOC", "ORG", "OTHER"])
+            first = "I" if rng.random() < 0.05 else "B"
+            tags += [f"{first}-{kind}"] + [f"I-{kind}"] * rng.choice([0, 0, 1, 2])
+        gold.append(tags)
+    return gold
+
+
+@pytest.fixture(params=["synthetic", "twitter2015"])
+def gold(request) -> list[list[str]]:
+    """1000 gold tag sequences: seeded synthetic ones (always), and Twitter-2015 dev when the shared data is here."""
+    if request.param == "synthetic":
+        return synthetic_gold()
+    shared_data = request.getfixturevalue("shared_data")
+    return [tweet.tags for tweet in read_umt(shared_data / "twitter2015" / "valid.txt")]
+
+
+def test_matches_a_conlleval_reimplementation(metric, gold):
+    """Both tag sets have spans that start with I- (Twitter-2015 dev has 374); random corruptions exercise every
+    chunk rule."""
     assert len(gold) == 1000
+    assert any(tags[0].startswith("I-") or "O I-" in " ".join(tags) for tags in gold)
     types = sorted({tag[2:] for tags in gold for tag in tags if tag != "O"})
     rng = random.Random(0)
     predicted = [

@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard
 
 import train
 from configuration_ita import ITAConfig
+from helpers import LABELS, REPO, tiny_train_argv
 from ita_training.hub import check_hub_folder
 from ita_training.model_card import (
     MINILM_HUB_ID,
@@ -26,8 +27,6 @@ from ita_training.model_card import (
 )
 from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
 
-REPO = Path(__file__).resolve().parents[1]
-LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 # A precomputed spec records its files by name, checksum and what produced them.
 CAPTIONS = {
     "type": "precomputed",
@@ -264,29 +263,8 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_folder(tmp_path_factory, minilm_dir, shards) -> Path:
     output_dir = tmp_path_factory.mktemp("run") / "ita-minilm"
-    argv = [
-        "--dataset_path",
-        str(shards),
-        "--encoder_name_or_path",
-        str(minilm_dir),
-        "--output_dir",
-        str(output_dir),
-        "--max_steps",
-        str(TRAIN_STEPS),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "1e-4",
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "True",
-        "--seed",
-        "0",
-        "--max_context_tokens",
-        "32",
-    ]
-    train.run(*train.parse_args(argv))
+    options = ("--max_steps", str(TRAIN_STEPS), "--learning_rate", "1e-4", "--max_context_tokens", "32")
+    train.run(*train.parse_args(tiny_train_argv(shards, minilm_dir, output_dir, *options)))
     return output_dir
 
 

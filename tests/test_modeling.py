@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from configuration_ita import ITAConfig
-from conftest import TWEETS, tiny_encoder_config
 from crf_ita import PAD_TAG
 from encoding_ita import encode_example, pad_batch
+from helpers import TWEETS, tiny_encoder_config
 from modeling_ita import ITAForTokenClassification
 
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
@@ -47,7 +47,7 @@ def reference_kl(model, out, batch, temperature):
     return ((p * (p.clamp_min(1e-30).log() - q)).sum(-1) * mask).sum(-1)
 
 
-def test_loss_is_exactly_spec_formula(minilm_tokenizer):
+def test_loss_is_exactly_the_cva_formula_of_method_md(minilm_tokenizer):
     model = tiny_model(minilm_tokenizer, cva_temperature=2.0, cva_weight=0.3)
     batch = batch_of(minilm_tokenizer, CONTEXTS)
     out = model(**batch)
@@ -154,7 +154,8 @@ def test_padding_does_not_change_any_sentence(minilm_tokenizer):
     losses = []
     for i in range(len(CONTEXTS)):
         losses.append(model(**{k: v[i : i + 1] for k, v in batch.items()}).loss)
-    torch.testing.assert_close(out.loss if out.loss is not None else model(**batch).loss, torch.stack(losses).mean())
+    # The batch loss is the mean of the tweets' losses, each computed alone.
+    torch.testing.assert_close(out.loss, torch.stack(losses).mean())
 
 
 def test_labels_must_be_minus_100_exactly_at_padding(minilm_tokenizer):

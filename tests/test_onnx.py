@@ -1,13 +1,14 @@
-"""ONNX export (optimum), the ONNX Runtime model and int8: parity with PyTorch on real Twitter-2017 tweets.
+"""ONNX export (optimum), the ONNX Runtime model and int8: parity with PyTorch on tweets of varied shapes.
 
 One tiny random ITA model (real MiniLM tokenizer) is exported once per module through the documented command
 `python -m ita_onnx export <checkpoint> <out> --int8`; every test reads that export. The batches come from
-real Twitter-2017 test tweets with their real BLIP-2 captions as visual context, so their batch sizes, token
+40 seeded synthetic tweets of 3 to 30 words, most with a caption as visual context, so their batch sizes, token
 lengths and word counts all differ from the dummy shapes optimum traced with (batch 2, 16 tokens, 7 words).
 """
 
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -18,11 +19,10 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
 from configuration_ita import ITAConfig
-from conftest import REPO
 from crf_ita import PAD_TAG, marginals_numpy, viterbi_decode_numpy
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
-from helpers import LABELS, decisive_ita_model
+from helpers import LABELS, REPO, TWEETS, decisive_ita_model, tiny_encoder_config
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")
@@ -69,20 +69,26 @@ def export_dir(tiny_model):
     return run_export_cli(checkpoint, checkpoint.parent / "onnx", "--int8")
 
 
-@pytest.fixture(scope="module")
-def twitter2017(shared_data, minilm_tokenizer):
-    """Real Twitter-2017 test tweets, each with its BLIP-2 caption as visual context, encoded for ITA."""
-    from alignment_ita import PrecomputedAligner, VisualContextBuilder
-    from preprocess.readers import read_umt
+# Tokens of real tweets beside TWEETS' words: hashtags, mentions, URLs, emoji, accents, an invisible character.
+TWEET_TOKENS = ["#Raptors", "@NBA", "https://t.co/x7Yq", "🏀", "Café", "Leonard's", "RT", ":", "!", "\u200b", "2017"]
+CAPTIONS = [
+    "a man in a suit at a podium",
+    "a basketball player on a court with a crowd | OCR: RAPTORS 2017",
+    "a woman singing on stage in front of a large crowd of people at night",
+    "the white house",
+]
 
-    tweets = read_umt(shared_data / "twitter2017" / "test.txt")[:40]
-    aligner = PrecomputedAligner(shared_data / "captions" / "blip2" / "BLIP2_17.txt")
-    segments = aligner.align([None] * len(tweets), image_ids=[tweet.image for tweet in tweets])
-    contexts = [VisualContextBuilder().build(segment)[0] for segment in segments]
-    assert sum(bool(context) for context in contexts) >= 35, "the BLIP-2 captions did not match the tweets"
+
+@pytest.fixture(scope="module")
+def varied_tweets(minilm_tokenizer):
+    """40 seeded tweets (lists of words) of 3 to 30 words and their visual contexts, 35 of them a caption; with
+    their ITA features (the tweet and its context encoded as one sequence)."""
+    rng = random.Random(0)
+    vocabulary = sorted({word for tweet in TWEETS for word in tweet.split()}) + TWEET_TOKENS
+    tweets = [rng.choices(vocabulary, k=length) for length in [30, 3] + [rng.randint(3, 30) for _ in range(38)]]
+    contexts = ["" if i % 8 == 7 else rng.choice(CAPTIONS) for i in range(40)]
     features = [
-        encode_example(minilm_tokenizer, tweet.tokens, context, text_view=False)
-        for tweet, context in zip(tweets, contexts)
+        encode_example(minilm_tokenizer, words, context, text_view=False) for words, context in zip(tweets, contexts)
     ]
     return tweets, contexts, features
 
@@ -119,13 +125,11 @@ def test_cli_export_writes_dynamic_graph_crf_and_int8(export_dir, tiny_model):
     assert not any(c.shape == transitions.shape and np.allclose(c, transitions) for c in constants)
 
 
-def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(
-    export_dir, tiny_model, twitter2017, minilm_tokenizer
-):
+def test_ort_matches_pytorch_emissions_tags_and_entities(export_dir, tiny_model, varied_tweets, minilm_tokenizer):
     from ita_onnx import ORTModelForITA
 
     model, _ = tiny_model
-    tweets, _, features = twitter2017
+    tweets, _, features = varied_tweets
     ort_model = ORTModelForITA.from_pretrained(export_dir)
     assert torch.equal(ort_model.crf.transitions, model.crf.transitions.detach())
     longest = max(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
@@ -155,20 +159,20 @@ def test_ort_matches_pytorch_emissions_tags_and_entities_on_twitter2017(
         np.testing.assert_allclose(scores, reference.tag_scores.numpy(), atol=1e-4)
         compared_words += int(mask.sum())
     # Every word of every tweet was compared: padding does not hide words from the check.
-    assert compared_words == len(tweets[longest].tokens) + sum(len(tweet.tokens) for tweet in tweets)
+    assert compared_words == len(tweets[longest]) + sum(len(words) for words in tweets)
     # A random model still finds entities, so the entity comparison above compared something.
     assert sum(len(e) for e in entities(reference.tags.numpy(), model.config.id2label)) > 10
 
 
 def test_pipeline_returns_the_same_entities_with_ort_as_with_pytorch(
-    export_dir, tiny_model, twitter2017, minilm_tokenizer
+    export_dir, tiny_model, varied_tweets, minilm_tokenizer
 ):
     from ita_onnx import ORTModelForITA
     from pipeline_ita import MultimodalNERPipeline
 
     model, _ = tiny_model
-    tweets, contexts, _ = twitter2017
-    inputs = [{"tokens": tweet.tokens, "visual_context": context} for tweet, context in zip(tweets, contexts)]
+    tweets, contexts, _ = varied_tweets
+    inputs = [{"tokens": words, "visual_context": context} for words, context in zip(tweets, contexts)]
     results = {}
     for name, runner in (("pytorch", model), ("ort", ORTModelForITA.from_pretrained(export_dir))):
         ner = MultimodalNERPipeline(model=runner, tokenizer=minilm_tokenizer, aligners=[])
@@ -182,7 +186,7 @@ def test_pipeline_returns_the_same_entities_with_ort_as_with_pytorch(
         np.testing.assert_allclose([e["score"] for e in ort], [e["score"] for e in reference], atol=1e-4)
 
 
-def test_int8_graph_is_quantized_and_close_to_fp32(export_dir, twitter2017, minilm_tokenizer):
+def test_int8_graph_is_quantized_and_close_to_fp32(export_dir, varied_tweets, minilm_tokenizer):
     import onnx
 
     from ita_onnx import ORTModelForITA
@@ -192,7 +196,7 @@ def test_int8_graph_is_quantized_and_close_to_fp32(export_dir, twitter2017, mini
     assert "MatMulInteger" not in {node.op_type for node in onnx.load(str(export_dir / "model.onnx")).graph.node}
     fp32 = ORTModelForITA.from_pretrained(export_dir)
     int8 = ORTModelForITA.from_pretrained(export_dir, file_name="model_quantized.onnx")
-    *_, features = twitter2017
+    *_, features = varied_tweets
     batch = batch_of(features, minilm_tokenizer, range(len(features)))
     reference, quantized = fp32(**batch).logits, int8(**batch).logits
     mask = batch["word_index"] >= 0
@@ -214,13 +218,13 @@ print(json.dumps({"graph": ner.model.path.name, "entities": ner(inputs, aggregat
 """
 
 
-def test_pipeline_opens_the_int8_graph_of_an_export_by_file_name(export_dir, twitter2017, minilm_tokenizer, tmp_path):
+def test_pipeline_opens_the_int8_graph_of_an_export_by_file_name(export_dir, varied_tweets, minilm_tokenizer, tmp_path):
     """`pipeline(model=<export>, trust_remote_code=True, model_kwargs={"file_name": ...})`, as the README says."""
     from ita_onnx import ORTModelForITA
     from pipeline_ita import MultimodalNERPipeline
 
-    tweets, contexts, _ = twitter2017
-    inputs = [{"tokens": tweet.tokens, "visual_context": context} for tweet, context in zip(tweets[:12], contexts[:12])]
+    tweets, contexts, _ = varied_tweets
+    inputs = [{"tokens": words, "visual_context": context} for words, context in zip(tweets[:12], contexts[:12])]
     (tmp_path / "inputs.json").write_text(json.dumps(inputs))
     result = run_fresh_python(OPEN_INT8_WITH_PIPELINE, tmp_path, args=[str(export_dir), str(tmp_path / "inputs.json")])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -237,7 +241,7 @@ def test_pipeline_opens_the_int8_graph_of_an_export_by_file_name(export_dir, twi
         np.testing.assert_allclose([e["score"] for e in found], [e["score"] for e in reference], atol=1e-6)
 
 
-def test_save_pretrained_round_trip_keeps_graph_and_crf(export_dir, tmp_path, twitter2017, minilm_tokenizer):
+def test_save_pretrained_round_trip_keeps_graph_and_crf(export_dir, tmp_path, varied_tweets, minilm_tokenizer):
     from ita_onnx import ORTModelForITA
 
     model = ORTModelForITA.from_pretrained(export_dir, file_name="model_quantized.onnx")
@@ -256,15 +260,15 @@ def test_save_pretrained_round_trip_keeps_graph_and_crf(export_dir, tmp_path, tw
     assert copy.config.labels == LABELS and copy.config.crf_bio_constraints
     for name in ("transitions", "start_transitions", "end_transitions"):
         assert torch.equal(getattr(copy.crf, name), getattr(model.crf, name))
-    batch = batch_of(twitter2017[2], minilm_tokenizer, range(5))
+    batch = batch_of(varied_tweets[2], minilm_tokenizer, range(5))
     assert torch.equal(copy(**batch).logits, model(**batch).logits)
 
 
-def test_ort_model_rejects_inputs_outside_the_graph(export_dir, twitter2017, minilm_tokenizer):
+def test_ort_model_rejects_inputs_outside_the_graph(export_dir, varied_tweets, minilm_tokenizer):
     from ita_onnx import ORTModelForITA
 
     model = ORTModelForITA.from_pretrained(export_dir)
-    batch = batch_of(twitter2017[2], minilm_tokenizer, range(2))
+    batch = batch_of(varied_tweets[2], minilm_tokenizer, range(2))
     with pytest.raises(ValueError, match="text-only view"):
         model(**batch, text_input_ids=batch["input_ids"])
     with pytest.raises(ValueError, match="exported with `token_type_ids`"):
@@ -278,7 +282,6 @@ def test_xlmr_style_export_takes_no_token_type_ids_and_matches_pytorch(tmp_path,
     """
     import onnx
 
-    from conftest import TWEETS, tiny_encoder_config
     from ita_onnx import ORTModelForITA
 
     torch.manual_seed(0)

@@ -20,10 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TWEETS
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
-from helpers import decisive_ita_model
+from helpers import REPO, TWEETS, decisive_ita_model
 
 pytest.importorskip("optimum.exporters.onnx", reason="the onnx extra (optimum, optimum-onnx) is not installed")
 pytestmark = pytest.mark.onnx
@@ -36,7 +35,10 @@ PROJECT_MODULES = (
     "modeling_ita",
     "crf_ita",
     "pipeline_ita",
-    "alignment_ita",
+    "images_ita",
+    "aligners_ita",
+    "precomputed_ita",
+    "visual_context_ita",
     "encoding_ita",
     "pretokenizer_ita",
     "ita_onnx",

@@ -23,9 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from configuration_ita import ITAConfig
-from conftest import REPO
 from fresh_process import run_fresh_python
-from helpers import LABELS
+from helpers import LABELS, REPO
 from modeling_ita import ITAForTokenClassification
 
 pytest.importorskip("optimum.onnxruntime", reason="the onnx extra (optimum, onnxruntime) is not installed")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO, tiny_train_argv
 from ita_training.hub import check_hub_folder
 from ita_training.model_card import MINILM_HUB_ID
 from tiny_shards import write_caption_shards
 
-REPO = Path(__file__).resolve().parents[1]
 # What a build must not copy from the checkout: environments, VCS data and build leftovers.
 NOT_SOURCE = shutil.ignore_patterns(
     ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo-output"
@@ -163,30 +163,9 @@ def test_the_installed_wheel_trains_and_writes_a_complete_folder(wheel, tmp_path
     output_dir = tmp_path / "ita-installed"
     started = time.perf_counter()
     # The default encoder: the offline MiniLM, found by the installed train.py.
+    options = ("--max_steps", str(TRAIN_STEPS), "--learning_rate", "1e-4", "--max_context_tokens", "32")
     result = run(
-        [
-            str(python),
-            "-m",
-            "train",
-            "--dataset_path",
-            str(shards),
-            "--output_dir",
-            str(output_dir),
-            "--max_steps",
-            str(TRAIN_STEPS),
-            "--per_device_train_batch_size",
-            "4",
-            "--learning_rate",
-            "1e-4",
-            "--logging_steps",
-            "1",
-            "--disable_tqdm",
-            "True",
-            "--max_context_tokens",
-            "32",
-        ],
-        cwd=outside,
-        env=env,
+        [str(python), "-m", "train", *tiny_train_argv(shards, None, output_dir, *options)], cwd=outside, env=env
     )
     print(f"python -m train: {time.perf_counter() - started:.1f} s")
     assert "Traceback" not in result.stderr

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from alignment_ita import Aligner, RapidOCRAligner, VisualContextBuilder, load_image
+from aligners_ita import Aligner, RapidOCRAligner
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
 from helpers import PIPELINE_LABELS as LABELS
 from helpers import all_entity_model, tiny_ita_model
+from images_ita import load_image
 from pipeline_ita import MultimodalNERPipeline
 from pretokenizer_ita import TweetPreTokenizer
+from visual_context_ita import VisualContextBuilder
 
 TWEETS = [
     "RT @NBA: Kawhi Leonard's #Raptors beat Boston 🏀🔥 https://t.co/Z3neVBQ7vF",
@@ -175,7 +177,9 @@ def test_a_2000_word_text_is_chunked_and_every_word_tagged(tag_all, caplog):
     assert [(e["word"], (e["start"], e["end"])) for e in per_word] == words
     assert [e["entity"] for e in per_word] == ["B-PER"] + ["I-PER"] * (len(words) - 1)
     windows = tag_all.preprocess(
-        tag_all._normalize_inputs(text, None, False), visual_context="a crowd in a stadium", stride=8
+        {"text": text, "image": None, "image_id": None, "visual_context": None},
+        visual_context="a crowd in a stadium",
+        stride=8,
     )
     features = list(windows)
     assert len(features) > 30  # the 64-position encoder really needed many windows
@@ -264,7 +268,9 @@ def test_precomputed_contexts_unavailable_say_so_once_and_run_text_only(minilm_t
     with caplog.at_level(logging.WARNING):
         ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)
         results = [ner(TWEETS[1], image=str(picture), return_visual_context=True) for _ in range(3)]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "pipeline_ita"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "visual_context_ita"
+    ]
     assert len(warnings) == 1 and "'precomputed' precomputed contexts" in warnings[0] and "text-only" in warnings[0]
     assert ner.aligners == []
     assert results == [{"entities": ner(TWEETS[1], visual_context=""), "visual_context": ""}] * 3
@@ -338,7 +344,16 @@ def test_checkpoint_round_trip_in_a_fresh_process(pipe, minilm_tokenizer, tmp_pa
     assert_same_entities(report["again"], expected)
     for folder in ("resaved_from_pipeline", "resaved_from_model"):
         saved = {path.name for path in (tmp_path / folder).iterdir()}
-        assert {"pipeline_ita.py", "pretokenizer_ita.py", "alignment_ita.py", "encoding_ita.py", "crf_ita.py"} <= saved
+        assert {
+            "pipeline_ita.py",
+            "pretokenizer_ita.py",
+            "images_ita.py",
+            "aligners_ita.py",
+            "precomputed_ita.py",
+            "visual_context_ita.py",
+            "encoding_ita.py",
+            "crf_ita.py",
+        } <= saved
         assert (
             json.loads((tmp_path / folder / "config.json").read_text())["custom_pipelines"]
             == config["custom_pipelines"]

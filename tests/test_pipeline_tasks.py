@@ -5,8 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForTokenClassification, TokenClassificationPipeline, pipeline
 
-from conftest import TWEETS
-from helpers import tiny_ita_model
+from helpers import TWEETS, tiny_ita_model
 
 
 @pytest.fixture(scope="module")

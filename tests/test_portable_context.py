@@ -11,19 +11,15 @@ from pathlib import Path
 import pytest
 
 import train
-from alignment_ita import (
-    CaptionAligner,
-    PrecomputedAligner,
-    VisualContextBuilder,
-    load_image,
-    locate_context_file,
-    normalize_spec,
-)
+from aligners_ita import CaptionAligner
 from configuration_ita import ITAConfig
 from fresh_process import run_fresh_python
 from helpers import CACHE_COMMIT, add_to_hub_cache, noise_image, save_tiny_captioner, tiny_ita_model
+from images_ita import load_image
 from pipeline_ita import MultimodalNERPipeline
+from precomputed_ita import PrecomputedAligner, locate_context_file
 from preprocess import preprocess
+from visual_context_ita import VisualContextBuilder, normalize_spec
 
 CAPTIONS_NAME = "BLIP2_tiny.txt"
 CAPTIONS = "1001.jpg :a man in a dark suit waving\n1002.jpg :two dogs on the grass\n"
@@ -83,14 +79,15 @@ def rename_context_file(folder: Path, name: str) -> None:
 
 
 # Opens each case's checkpoint with `pipeline(model=..., trust_remote_code=True)` in a fresh process, reads its
-# inputs with `return_visual_context=True` and reports results, the text-only entities and the pipeline's warnings.
+# inputs with `return_visual_context=True` and reports results, the text-only entities and the warnings of the
+# pipeline and of its aligner building (`visual_context_ita`).
 # The Hub cache is set first: huggingface_hub reads it when imported.
 CASES_SCRIPT = """
 import json, logging
 warnings = []
 class Keep(logging.Handler):
     def emit(self, record):
-        if record.levelno >= logging.WARNING and record.name.endswith("pipeline_ita"):
+        if record.levelno >= logging.WARNING and record.name.endswith(("pipeline_ita", "visual_context_ita")):
             warnings.append(record.getMessage())
 logging.getLogger().addHandler(Keep())
 from transformers import pipeline

@@ -322,7 +322,7 @@ def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path, shared_dat
 
 
 def test_a_failing_aligner_costs_only_the_failing_tweets():
-    from alignment_ita import Aligner
+    from aligners_ita import Aligner
     from preprocess.align import BatchAligner
 
     class PickyAligner(Aligner):

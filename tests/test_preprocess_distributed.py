@@ -15,7 +15,7 @@ import torch
 from datasets import load_from_disk
 from test_preprocess import REPO, write_umt
 
-from alignment_ita import Aligner
+from aligners_ita import Aligner
 from preprocess import preprocess
 from preprocess.__main__ import main
 from preprocess.align import BatchAligner

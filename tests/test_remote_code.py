@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from configuration_ita import ITAConfig
-from conftest import TWEETS, tiny_encoder_config
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
+from helpers import REPO, TWEETS, tiny_encoder_config
 from modeling_ita import ITAForTokenClassification
 
 LOAD_AND_RUN = """
@@ -93,10 +93,27 @@ def test_remote_code_files_need_only_torch_numpy_and_transformers():
 
     from transformers.dynamic_module_utils import get_imports
 
-    from conftest import REPO
-
     files = sorted(REPO.glob("*_ita.py"))
     assert {"configuration_ita.py", "modeling_ita.py", "crf_ita.py", "pipeline_ita.py"} <= {f.name for f in files}
     for path in files:
         needed = set(get_imports(path)) - set(sys.stdlib_module_names)
         assert needed <= {"torch", "numpy", "transformers"}, (path.name, needed)
+
+
+@pytest.mark.parametrize("entry", ["configuration_ita.py", "modeling_ita.py", "pipeline_ita.py"])
+def test_every_module_an_entry_file_needs_is_one_it_imports_itself(entry):
+    # Loading from a local folder, transformers 4 copies into its module cache only the files the entry module
+    # (named by `auto_map` / `custom_pipelines`) imports itself, not what those import in turn: a sibling reached only
+    # through another sibling would be missing in a fresh process.
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    direct = set(get_relative_imports(REPO / entry))
+    reachable, pending = set(), list(direct)
+    while pending:
+        module = pending.pop()
+        if module not in reachable:
+            reachable.add(module)
+            pending.extend(get_relative_imports(REPO / f"{module}.py"))
+    assert reachable - {entry[:-3]} <= direct, f"{entry} must import {sorted(reachable - direct)} itself"
+    if entry == "pipeline_ita.py":
+        assert {"visual_context_ita", "precomputed_ita", "aligners_ita", "images_ita", "crf_ita"} <= direct

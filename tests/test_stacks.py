@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TWEETS
 from crf_ita import bio_transition_constraints
 from fresh_process import run_fresh_python
 from helpers import PIPELINE_LABELS as LABELS
-from helpers import tiny_ita_model
+from helpers import REPO, TWEETS, tiny_ita_model
 from modeling_ita import ITAForTokenClassification
 
 STACKS = {"pinned": REPO / ".venv" / "bin" / "python", "latest": REPO / ".venv-latest" / "bin" / "python"}

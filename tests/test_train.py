@@ -3,78 +3,32 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Sequence
 from safetensors.torch import load_file
-from tiny_training import save_tiny_encoder
+from seqeval.metrics import f1_score
+from transformers import AutoTokenizer
 
 import train
 from fresh_process import run_fresh_python
+from helpers import LABELS, REPO, save_tiny_encoder, tiny_train_argv
 from ita_training.hub import IGNORE_PATTERNS, IncompleteHubFolderError, check_hub_folder, push_folder
+from modeling_ita import ITAForTokenClassification
+from pipeline_ita import MultimodalNERPipeline
 from preprocess.shards import SETTINGS_FILE
-
-REPO = Path(__file__).resolve().parents[1]
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
-TWEETS = [
-    ("Kawhi Leonard wins the vote in Toronto", "B-PER I-PER O O O O B-LOC", "a basketball player on a court"),
-    ("Obama visits Paris today", "B-PER O B-LOC O", "a man in a suit waving"),
-    ("Apple opens a store in London", "B-ORG O O O O B-LOC", "a glass building with a logo"),
-    ("RT @NBA : Warriors beat the Lakers", "O O O B-ORG O O B-ORG", ""),
-    ("Taylor Swift sings at Wembley", "B-PER I-PER O O B-LOC", "a woman singing on stage"),
-    ("Google and Microsoft shares fall", "B-ORG O B-ORG O O", "a stock chart"),
-    ("Happy Christmas from New York", "O B-MISC O B-LOC I-LOC", "a christmas tree in a city"),
-    ("Messi scores for Barcelona again", "B-PER O O B-ORG O", "a soccer player celebrating"),
-]
-
-
-def tiny_rows(tweets):
-    rows = {
-        "id": [],
-        "tokens": [],
-        "ner_tags": [],
-        "image_id": [],
-        "caption": [],
-        "objects": [],
-        "ocr": [],
-        "visual_context": [],
-    }
-    for i, (text, tags, caption) in enumerate(tweets):
-        rows["id"].append(str(i))
-        rows["tokens"].append(text.split())
-        rows["ner_tags"].append([LABELS.index(tag) for tag in tags.split()])
-        rows["image_id"].append(f"img{i}")
-        rows["caption"].append([caption] if caption else [])
-        rows["objects"].append(["shirt", "ball"] if caption else [])
-        rows["ocr"].append(["SALE"] if caption else [])
-        # The shards' context uses every segment; --context_columns caption must rebuild it from captions only.
-        rows["visual_context"].append(f"{caption} | shirt, ball | SALE" if caption else "")
-    return rows
+from tiny_shards import FEATURES, TWEETS, dev_and_test, save_splits, tiny_rows
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """A DatasetDict with the columns of `python -m preprocess` output, and its settings file."""
-    features = Features(
-        {
-            "id": Value("string"),
-            "tokens": Sequence(Value("string")),
-            "ner_tags": Sequence(ClassLabel(names=LABELS)),
-            "image_id": Value("string"),
-            "caption": Sequence(Value("string")),
-            "objects": Sequence(Value("string")),
-            "ocr": Sequence(Value("string")),
-            "visual_context": Value("string"),
-        }
-    )
-    split = Dataset.from_dict(tiny_rows(TWEETS), features=features)
-    folder = tmp_path_factory.mktemp("data") / "tiny-shards"
-    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(
-        str(folder)
-    )
+    """The tiny shards with every segment filled, and settings that name an OCR aligner besides the captions."""
+    rows = tiny_rows(all_segments=True)
+    folder = save_splits(tmp_path_factory.mktemp("data") / "tiny-shards", train=rows, **dev_and_test(rows))
     settings = {
         "aligners": [
             {
@@ -103,33 +57,9 @@ def tiny_encoder(tmp_path_factory, minilm_dir) -> Path:
 
 
 def train_args(shards: Path, encoder: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset_path",
-        str(shards),
-        "--encoder_name_or_path",
-        str(encoder),
-        "--output_dir",
-        str(output_dir),
-        "--learning_rate",
-        "3e-3",
-        "--crf_learning_rate",
-        "5e-2",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_train_epochs",
-        "6",
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "True",
-        "--seed",
-        "0",
-        "--context_columns",
-        "caption",
-        "--word_dropout",
-        "0.0",
-        *extra,
-    ]
+    """This file's runs: 6 epochs, the context rebuilt from the captions alone, no word dropout."""
+    options = ("--num_train_epochs", "6", "--context_columns", "caption", "--word_dropout", "0.0")
+    return tiny_train_argv(shards, encoder, output_dir, *options, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +103,22 @@ def test_training_lowers_the_loss_and_writes_both_modes(trained):
     assert len(losses) == 12  # 8 tweets, batch 4, 6 epochs
     assert sum(losses[-2:]) < 0.75 * sum(losses[:2]), losses
     test = json.loads((output_dir / "test_results.json").read_text())
-    for mode in ("with_context", "text_only"):
-        assert 0.0 <= test[f"test_{mode}_f1"] <= 1.0
+    # Each mode's F1 is seqeval's on the tags the saved model gives the 4 test tweets through the pipeline.
+    ner = MultimodalNERPipeline(
+        model=ITAForTokenClassification.from_pretrained(output_dir),
+        tokenizer=AutoTokenizer.from_pretrained(output_dir),
+        aligners=[],
+    )
+    gold = [tags.split() for _, tags, _ in TWEETS[4:]]
+    for mode, with_context in (("with_context", True), ("text_only", False)):
+        rows = [
+            {"tokens": text.split(), "visual_context": caption if with_context else ""}
+            for text, _, caption in TWEETS[4:]
+        ]
+        predicted = [
+            [word["entity"] for word in words] for words in ner(rows, aggregation_strategy="none", ignore_labels=[])
+        ]
+        assert test[f"test_{mode}_f1"] == pytest.approx(f1_score(gold, predicted)), (mode, predicted)
         assert test[f"test_{mode}_number"] == 8  # entities in the 4 test tweets
     assert test["test_mean_f1"] == pytest.approx((test["test_with_context_f1"] + test["test_text_only_f1"]) / 2)
     # The dev metrics reported are those of the epoch whose weights were kept.
@@ -333,10 +277,7 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_en
 
 
 def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder, tmp_path):
-    from transformers import AutoTokenizer
-
     from ita_training.trainer import ITATrainer, ITATrainingArguments
-    from modeling_ita import ITAForTokenClassification
 
     model = ITAForTokenClassification.from_encoder(str(tiny_encoder), labels=LABELS)
     args = ITATrainingArguments(
@@ -359,7 +300,7 @@ def test_crf_group_has_its_own_rate_and_both_decay_linearly_to_zero(tiny_encoder
         rates.append([g["lr"] for g in groups])
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
-    # No warm-up, linear decay to 0 (SPEC §4), the same factor for every group.
+    # No warm-up, linear decay to 0 (docs/method.md §4), the same factor for every group.
     for step, (decay, no_decay, crf) in enumerate(rates):
         assert decay == pytest.approx(1e-4 * (1 - step / 4)) and no_decay == decay
         assert crf == pytest.approx(5e-2 * (1 - step / 4))
@@ -390,7 +331,7 @@ def test_options_can_come_from_a_config_file(tmp_path, suffix):
         2,
         False,
     )
-    # SPEC §4 defaults for what the file leaves out.
+    # docs/method.md §4 defaults for what the file leaves out.
     # No warm-up: transformers 5 has only `warmup_steps` (a float below 1 is a ratio), 4.x also `warmup_ratio`.
     assert (
         training_args.learning_rate,
@@ -403,11 +344,11 @@ def test_options_can_come_from_a_config_file(tmp_path, suffix):
     assert training_args.metric_for_best_model == "mean_f1" and training_args.lr_scheduler_type.value == "linear"
 
 
-def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shards, tmp_path):
-    output_dir, results = trained
-    argv = [
+def evaluate_args(checkpoint: Path, shards: Path, output_dir: Path) -> list[str]:
+    """`train.py` options that only evaluate `checkpoint` on the dev and test splits of `shards`."""
+    return [
         "--model_name_or_path",
-        str(output_dir),
+        str(checkpoint),
         "--do_train",
         "False",
         "--dataset_path",
@@ -415,11 +356,15 @@ def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shar
         "--context_columns",
         "caption",
         "--output_dir",
-        str(tmp_path / "eval-only"),
+        str(output_dir),
         "--disable_tqdm",
         "True",
     ]
-    evaluated = train.run(*train.parse_args(argv))
+
+
+def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shards, tmp_path):
+    output_dir, results = trained
+    evaluated = train.run(*train.parse_args(evaluate_args(output_dir, shards, tmp_path / "eval-only")))
     for name, value in results["test"].items():
         if not name.endswith("runtime") and name != "epoch":
             assert evaluated["test"][name] == pytest.approx(value), name
@@ -428,26 +373,14 @@ def test_evaluating_a_saved_checkpoint_reproduces_its_test_results(trained, shar
     assert not (tmp_path / "eval-only" / "model.safetensors").exists()
 
 
-FEATURES = Features(
-    {
-        "id": Value("string"),
-        "tokens": Sequence(Value("string")),
-        "ner_tags": Sequence(ClassLabel(names=LABELS)),
-        "image_id": Value("string"),
-        "caption": Sequence(Value("string")),
-        "objects": Sequence(Value("string")),
-        "ocr": Sequence(Value("string")),
-        "visual_context": Value("string"),
-    }
-)
+def test_model_settings_default_to_itaconfigs_defaults():
+    from configuration_ita import ITAConfig
 
-
-def save_splits(folder: Path, **splits: dict) -> Path:
-    """Saves `tiny_rows`-style column dicts as the named splits of a DatasetDict in `folder`."""
-    DatasetDict({name: Dataset.from_dict(rows, features=FEATURES) for name, rows in splits.items()}).save_to_disk(
-        str(folder)
-    )
-    return folder
+    model_args, _, _ = train.parse_args(["--dataset_path", "x", "--output_dir", "y"])
+    settings = {k: v for k, v in asdict(model_args).items() if k not in train.MODEL_SOURCES}
+    assert {"word_dropout", "cva_temperature", "max_context_tokens", "crf_bio_constraints"} <= set(settings)
+    config = ITAConfig()
+    assert settings == {name: getattr(config, name) for name in settings}
 
 
 def test_sample_counts_below_one_are_refused():
@@ -457,7 +390,7 @@ def test_sample_counts_below_one_are_refused():
 
 
 def test_empty_and_missing_splits_are_clear_errors(tiny_encoder, tmp_path):
-    rows = tiny_rows(TWEETS)
+    rows = tiny_rows()
     empty = {name: [] for name in rows}
     shards = save_splits(tmp_path / "shards", train=empty, validation=rows, test=rows)
     argv = train_args(shards, tiny_encoder, tmp_path / "out")
@@ -472,12 +405,12 @@ def test_empty_and_missing_splits_are_clear_errors(tiny_encoder, tmp_path):
 
 
 def test_unusable_tweets_are_all_named_by_split_row_and_id_before_any_training(tiny_encoder, tmp_path):
-    rows = tiny_rows(TWEETS)
-    bad = tiny_rows(TWEETS)
+    rows = tiny_rows()
+    bad = tiny_rows()
     bad["tokens"][2], bad["ner_tags"][2] = [], []  # a 0-token tweet
     bad["tokens"][5] = ["Google", "", "Microsoft", "shares", "fall"]
     bad["ner_tags"][7] = bad["ner_tags"][7][:-1]
-    bad["id"] = [f"v{i}" for i in range(len(TWEETS))]
+    bad["id"] = [f"v{i}" for i in range(len(bad["id"]))]
     shards = save_splits(tmp_path / "shards", train=rows, validation=bad, test=rows)
     with mock.patch("train.ITAForTokenClassification.from_encoder") as build, pytest.raises(ValueError) as error:
         train.run(*train.parse_args(train_args(shards, tiny_encoder, tmp_path / "out")))
@@ -491,7 +424,7 @@ def test_unusable_tweets_are_all_named_by_split_row_and_id_before_any_training(t
 
 
 def test_a_split_with_another_tag_set_is_refused(tiny_encoder, tmp_path):
-    rows = tiny_rows(TWEETS)
+    rows = tiny_rows()
     other = Dataset.from_dict(rows, features=FEATURES).cast_column(
         "ner_tags", Sequence(ClassLabel(names=LABELS[:-2] + ["B-EVENT", "I-EVENT"]))
     )
@@ -509,32 +442,14 @@ def test_a_split_with_another_tag_set_is_refused(tiny_encoder, tmp_path):
 
 def test_evaluating_a_checkpoint_needs_no_train_split_but_checks_dev_and_test(trained, tmp_path):
     output_dir, results = trained
-    rows = tiny_rows(TWEETS)
-    shards = save_splits(
-        tmp_path / "dev-test", validation={k: v[:4] for k, v in rows.items()}, test={k: v[4:] for k, v in rows.items()}
-    )
-    argv = [
-        "--model_name_or_path",
-        str(output_dir),
-        "--do_train",
-        "False",
-        "--dataset_path",
-        str(shards),
-        "--context_columns",
-        "caption",
-        "--output_dir",
-        str(tmp_path / "eval-only"),
-        "--disable_tqdm",
-        "True",
-    ]
-    evaluated = train.run(*train.parse_args(argv))
+    rows = tiny_rows()
+    shards = save_splits(tmp_path / "dev-test", **dev_and_test(rows))
+    evaluated = train.run(*train.parse_args(evaluate_args(output_dir, shards, tmp_path / "eval-only")))
     assert evaluated["test"]["test_mean_f1"] == pytest.approx(results["test"]["test_mean_f1"])
     rows["tokens"][6], rows["ner_tags"][6] = [], []
-    save_splits(
-        tmp_path / "bad", validation={k: v[:4] for k, v in rows.items()}, test={k: v[4:] for k, v in rows.items()}
-    )
+    bad = save_splits(tmp_path / "bad", **dev_and_test(rows))
     with pytest.raises(ValueError, match=r"(?s)Split 'test' has 1 tweet\(s\).*row 2 \(id '6'\): no tokens"):
-        train.run(*train.parse_args([*argv[:5], str(tmp_path / "bad"), *argv[6:]]))
+        train.run(*train.parse_args(evaluate_args(output_dir, bad, tmp_path / "eval-only")))
 
 
 def test_the_collator_names_the_row_it_cannot_encode(minilm_tokenizer):
@@ -546,11 +461,8 @@ def test_the_collator_names_the_row_it_cannot_encode(minilm_tokenizer):
 
 
 def test_a_given_data_collator_is_kept_and_a_missing_one_is_itas(tiny_encoder, tmp_path):
-    from transformers import AutoTokenizer
-
     from ita_training.collator import ITADataCollator
     from ita_training.trainer import ITATrainer, ITATrainingArguments
-    from modeling_ita import ITAForTokenClassification
 
     model = ITAForTokenClassification.from_encoder(str(tiny_encoder), labels=LABELS)
     args = ITATrainingArguments(

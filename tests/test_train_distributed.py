@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from datasets import DatasetDict, load_from_disk
-from tiny_training import run_python, save_tiny_encoder, tiny_train_argv
 
 import train
+from helpers import run_python, save_tiny_encoder, tiny_train_argv
 from ita_training.hub import check_hub_folder
 from preprocess.shards import SETTINGS_FILE
 from tiny_shards import write_caption_shards

@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_training import run_python, save_tiny_encoder, tiny_train_argv
 
 import train
+from helpers import run_python, save_tiny_encoder, tiny_train_argv
 from ita_training.checkpoints import (
     IncompleteCheckpointError,
     check_resumable,

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from alignment_ita import VisualContextBuilder
 from helpers import LABELS
 from preprocess.align import output_features
 from preprocess.shards import SETTINGS_FILE
+from visual_context_ita import VisualContextBuilder
 
 # (tweet, tags, caption): like the BLIP-2 shards, the only segment is a precomputed caption, and not every
 # tweet has one.
@@ -23,18 +23,24 @@ TWEETS = [
     ("Messi scores for Barcelona again", "B-PER O O B-ORG O", "a soccer player celebrating"),
 ]
 CAPTIONED = sum(1 for _, _, caption in TWEETS if caption)
+# The other segments of every captioned tweet in `tiny_rows(all_segments=True)`.
+OBJECTS, OCR = ["shirt", "ball"], ["SALE"]
+FEATURES = output_features(ClassLabel(names=LABELS))
 
 
-def write_caption_shards(folder: Path) -> Path:
-    """Saves train (all 8 tweets), validation (the first 4) and test (the last 4) to `folder`, with its settings file.
+def tiny_rows(all_segments: bool = False) -> dict[str, list]:
+    """The columns of `preprocess.align.output_features` for the 8 TWEETS, as `python -m preprocess` writes them.
 
-    Every column of `preprocess.align.output_features` is there: `caption` holds the caption, `objects` and
-    `ocr` are empty, and `visual_context` / `context_sources` are what `VisualContextBuilder` makes of that.
+    The only segment is the caption (`objects` and `ocr` are empty) unless `all_segments`, which also gives each
+    captioned tweet OBJECTS and OCR; `visual_context` and `context_sources` are what `VisualContextBuilder` makes
+    of the segments.
     """
     builder = VisualContextBuilder()
-    rows: dict[str, list] = {name: [] for name in output_features(ClassLabel(names=LABELS))}
+    rows: dict[str, list] = {name: [] for name in FEATURES}
     for i, (text, tags, caption) in enumerate(TWEETS):
         segments = {"caption": [caption] if caption else [], "objects": [], "ocr": []}
+        if caption and all_segments:
+            segments.update(objects=OBJECTS, ocr=OCR)
         context, sources = builder.build(segments)
         rows["id"].append(str(i))
         rows["tokens"].append(text.split())
@@ -46,9 +52,30 @@ def write_caption_shards(folder: Path) -> Path:
         rows["visual_context"].append(context)
         rows["context_sources"].append([f"{name}:precomputed" for name in sources])
         rows["alignment_error"].append("")
-    split = Dataset.from_dict(rows, features=output_features(ClassLabel(names=LABELS)))
-    DatasetDict({"train": split, "validation": split.select(range(4)), "test": split.select(range(4, 8))}).save_to_disk(
+    return rows
+
+
+def dev_and_test(rows: dict[str, list]) -> dict[str, dict[str, list]]:
+    """The `validation` (the first 4 tweets) and `test` (the last 4) splits of `tiny_rows`-style columns."""
+    return {
+        "validation": {name: column[:4] for name, column in rows.items()},
+        "test": {name: column[4:] for name, column in rows.items()},
+    }
+
+
+def save_splits(folder: Path, **splits: dict[str, list]) -> Path:
+    """Saves `tiny_rows`-style column dicts as the named splits of a DatasetDict in `folder`."""
+    DatasetDict({name: Dataset.from_dict(rows, features=FEATURES) for name, rows in splits.items()}).save_to_disk(
         str(folder)
     )
-    (folder / SETTINGS_FILE).write_text(json.dumps({"aligners": [], "builder": builder.to_dict()}), encoding="utf-8")
+    return folder
+
+
+def write_caption_shards(folder: Path) -> Path:
+    """Saves train (all 8 tweets), validation (the first 4) and test (the last 4) of `tiny_rows()` to `folder`,
+    with its settings file."""
+    rows = tiny_rows()
+    save_splits(folder, train=rows, **dev_and_test(rows))
+    settings = {"aligners": [], "builder": VisualContextBuilder().to_dict()}
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings), encoding="utf-8")
     return folder

@@ -1,38 +1,15 @@
-"""Aligners, image loading and the visual-context builder of alignment_ita, on real engines and real images."""
+"""The aligners of aligners_ita on real engines: OCR (RapidOCR, Tesseract) on rendered and real tweet images, object
+tags and captions through real transformers pipelines on tiny random models, and Florence-2."""
 
-import hashlib
-import io
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-import alignment_ita
-from alignment_ita import (
-    CaptionAligner,
-    Florence2Aligner,
-    ObjectTagAligner,
-    PrecomputedAligner,
-    RapidOCRAligner,
-    TesseractAligner,
-    VisualContextBuilder,
-    aligner_from_dict,
-    find_image_file,
-    load_image,
-    spec_is_precomputed,
-)
-from configuration_ita import ITAConfig
-from helpers import noise_image, save_tiny_captioner
-
-
-def render_text(text: str, size: tuple[int, int] = (640, 160), font_size: int = 48) -> Image.Image:
-    """Black text on white, drawn with Pillow's bundled scalable font."""
-    image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).text((20, 50), text, fill="black", font=ImageFont.load_default(size=font_size))
-    return image
+from aligners_ita import CaptionAligner, Florence2Aligner, ObjectTagAligner, RapidOCRAligner, TesseractAligner
+from helpers import noise_image, render_text, save_tiny_captioner
+from images_ita import load_image
+from visual_context_ita import aligner_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -46,125 +23,6 @@ def tesseract() -> TesseractAligner:
         return TesseractAligner()
     except RuntimeError as err:
         pytest.skip(str(err))
-
-
-# --- visual-context builder ------------------------------------------------------------------------
-
-
-def test_builder_joins_segments_in_configured_order_and_records_sources():
-    segments = {"ocr": ["CHRIS PAUL BE LIKE"], "objects": ["man", "ball"], "caption": "a man  playing\nbasketball"}
-    text, sources = VisualContextBuilder().build(segments)
-    assert text == "a man playing basketball | man, ball | CHRIS PAUL BE LIKE"
-    assert sources == ["caption", "objects", "ocr"]
-    text, sources = VisualContextBuilder(order=["ocr", "caption"], separator=" [SEP] ").build(segments)
-    assert text == "CHRIS PAUL BE LIKE [SEP] a man playing basketball"
-    assert sources == ["ocr", "caption"]
-
-
-def test_builder_caps_words_and_skips_empty_segments():
-    segments = {"caption": ["one two three four"], "objects": [], "ocr": ["five six seven"]}
-    builder = VisualContextBuilder(max_words_per_segment=2)
-    assert builder.build(segments) == ("one two | five six", ["caption", "ocr"])
-    builder = VisualContextBuilder(max_words=5)
-    assert builder.build(segments) == ("one two three four | five", ["caption", "ocr"])
-    assert VisualContextBuilder(max_words=4).build(segments) == ("one two three four", ["caption"])
-    assert VisualContextBuilder().build({}) == ("", [])
-    with pytest.raises(ValueError, match="twice"):
-        VisualContextBuilder(order=["ocr", "ocr"])
-
-
-def test_builder_from_config_is_the_training_builder_and_its_settings_are_checked():
-    config = ITAConfig(
-        context_order=["ocr", "caption"],
-        context_separator=" ; ",
-        context_max_words_per_segment=2,
-        context_max_words=3,
-        context_piece_separators={"ocr": " / "},
-    )
-    builder = VisualContextBuilder.from_config(config)
-    assert builder.to_dict() == {
-        "order": ["ocr", "caption"],
-        "separator": " ; ",
-        "max_words_per_segment": 2,
-        "max_words": 3,
-        "piece_separators": {"ocr": " / "},
-    }
-    # "SALE / NOW ON" → 2 words per segment → "SALE /"; 3 words in all leave the caption one: "a".
-    assert builder.build({"ocr": ["SALE", "NOW ON"], "caption": "a man running"}) == ("SALE / ; a", ["ocr", "caption"])
-    assert VisualContextBuilder.from_config(ITAConfig()).to_dict() == VisualContextBuilder().to_dict()
-    for settings, message in [
-        ({"max_words": -1}, "max_words"),
-        ({"max_words_per_segment": True}, "max_words_per_segment"),
-        ({"piece_separators": {"objects": 1}}, "piece separators"),
-        ({"order": "caption"}, "list"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            VisualContextBuilder(**settings)
-
-
-# --- precomputed contexts --------------------------------------------------------------------------
-
-
-def test_blip2_captions_are_looked_up_by_image_id(shared_data):
-    aligner = PrecomputedAligner(shared_data / "captions" / "blip2" / "BLIP2_15.txt")
-    found = aligner.align([None, None, None], ["108911", "71406", "no-such-image"])
-    assert found[0]["caption"] == ["the chicago bears and green bay packers are playing in the nfl"]
-    assert found[1]["caption"] == []  # one of the two known empty captions
-    assert found[2] == {"caption": [], "objects": [], "ocr": []}
-    assert aligner("713.jpg", image_id="713.jpg")["caption"] == ["chicago white sox quotes"]
-
-
-def test_jsonl_contexts_and_format_errors(tmp_path):
-    path = tmp_path / "contexts.jsonl"
-    rows = [
-        {"image_id": "7.jpg", "caption": "a dog", "objects": ["dog", "ball"]},
-        {"image_id": "7", "caption": ["on grass"], "ocr": "GOAL"},
-    ]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    aligner = PrecomputedAligner(path)
-    assert aligner.align([None], ["7"]) == [
-        {"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"]}
-    ]
-    path.write_text('{"image_id": "1", "caption": "ok"}\n{"caption": "no id"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: .*image_id"):
-        PrecomputedAligner(path)
-    captions = tmp_path / "captions.txt"
-    captions.write_text("1.jpg :fine\nbroken line\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{captions}:2: expected"):
-        PrecomputedAligner(captions)
-
-
-def test_precomputed_spec_records_name_checksum_and_source_and_round_trips(tmp_path):
-    path = tmp_path / "c.txt"
-    path.write_text("5.jpg :a cat\n", encoding="utf-8")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    spec = PrecomputedAligner(path).to_dict()
-    assert spec == {
-        "type": "precomputed",
-        "precomputed": True,
-        "format": "auto",
-        "files": [{"name": "c.txt", "sha256": digest, "source": "precomputed file c.txt"}],
-    }
-    stated = PrecomputedAligner(str(path), source="BLIP-2 captions, PGIM release").to_dict()
-    assert stated["files"][0]["source"] == "BLIP-2 captions, PGIM release"
-    assert spec_is_precomputed(spec) and not spec_is_precomputed({"type": "rapidocr"})
-    # A spec names no path: it is rebuilt only from a folder that holds a file of that name and checksum.
-    rebuilt = aligner_from_dict(json.loads(json.dumps(spec)), context_dirs=[tmp_path])
-    assert rebuilt.to_dict() == spec and rebuilt("5.jpg", image_id="5") == {
-        "caption": ["a cat"],
-        "objects": [],
-        "ocr": [],
-    }
-    assert rebuilt.knows("5.jpg") and not rebuilt.knows("6")
-    with pytest.raises(FileNotFoundError, match="'c.txt'.* is not in any folder"):
-        aligner_from_dict(spec)
-    path.unlink()
-    with pytest.raises(FileNotFoundError, match="looked up by image id"):
-        PrecomputedAligner(path)
-    with pytest.raises(ValueError, match="unknown aligner type 'nope'"):
-        aligner_from_dict({"type": "nope"})
-    with pytest.raises(ValueError, match="invalid settings for aligner 'rapidocr'"):
-        aligner_from_dict({"type": "rapidocr", "colour": "red"})
 
 
 # --- OCR -------------------------------------------------------------------------------------------
@@ -195,58 +53,9 @@ def test_ocr_on_real_tweet_images(shared_data, rapidocr, tesseract):
     assert tesseract(load_image(images / "33.jpg"))["ocr"][0] == "Most endorsed for..."
 
 
-# --- image loading ---------------------------------------------------------------------------------
-
-
-def test_load_image_handles_png_behind_jpg_name_and_transparency(shared_data):
-    with Image.open(shared_data / "images" / "twitter2015" / "113.jpg") as raw:
-        assert raw.format == "PNG" and raw.mode == "RGBA"
-    image = load_image(shared_data / "images" / "twitter2015" / "113.jpg")
-    assert image.mode == "RGB" and image.size == (600, 211)
-
-
-def test_load_image_applies_exif_orientation(tmp_path):
-    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
-    pixels[:, :20] = 255  # left half white
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    path = tmp_path / "rotated.jpg"
-    Image.fromarray(pixels).save(path, exif=exif, quality=95)
-    image = load_image(path)
-    assert image.size == (20, 40)
-    top, bottom = np.asarray(image)[:5].mean(), np.asarray(image)[-5:].mean()
-    assert top > 200 and bottom < 50
-
-
-def test_load_image_refuses_missing_corrupt_truncated_and_bomb_images(tmp_path):
-    with pytest.raises(FileNotFoundError, match="image not found"):
-        load_image(tmp_path / "missing.jpg")
-    (tmp_path / "junk.jpg").write_bytes(b"this is not an image")
-    with pytest.raises(ValueError, match="cannot read image"):
-        load_image(tmp_path / "junk.jpg")
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    (tmp_path / "truncated.jpg").write_bytes(buffer.getvalue()[:2000])
-    with pytest.raises(ValueError, match="cannot read image"):
-        load_image(tmp_path / "truncated.jpg")
-    # 81 megapixels of 1-bit zeros (under Pillow's own warning limit): a few kB on disk, refused before decoding.
-    Image.new("1", (9_000, 9_000)).save(tmp_path / "bomb.png")
-    with pytest.raises(ValueError, match="81000000 pixels, more than max_pixels=64000000: refused before decoding"):
-        load_image(tmp_path / "bomb.png")
-    with pytest.raises(ValueError, match="more than max_pixels=1000"):
-        load_image(tmp_path / "truncated.jpg", max_pixels=1000)
-
-
-def test_find_image_file_by_id_or_name(tmp_path):
-    (tmp_path / "12.png").write_bytes(b"")
-    assert find_image_file(tmp_path, "12.jpg") == tmp_path / "12.png"
-    assert find_image_file(tmp_path, "12") == tmp_path / "12.png"
-    assert find_image_file(tmp_path, "13.jpg") is None
-
-
 # --- object tags and captions through real transformers pipelines on tiny random models --------------
 
-LABELS = ["dog", "black shirt", "N/A", "white_dog", "car"]
+DETECTOR_LABELS = ["dog", "black shirt", "N/A", "white_dog", "car"]
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +72,8 @@ def tiny_detector(tmp_path_factory) -> Path:
         image_size=[64, 64],
         patch_size=16,
         num_detection_tokens=12,
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
+        id2label=dict(enumerate(DETECTOR_LABELS)),
+        label2id={label: i for i, label in enumerate(DETECTOR_LABELS)},
     )
     model = YolosForObjectDetection(config).eval()
     with torch.no_grad():
@@ -477,55 +286,3 @@ def test_florence2_object_answers_are_parsed_by_the_real_post_processor(tiny_flo
     assert aligner.segment_from_parsed("<OD>", parsed) == ["black shirt", "dog"]
     assert aligner.segment_from_parsed("<OCR>", " Z ") == []
     assert aligner.segment_from_parsed("<CAPTION>", " a  dog\n") == ["a dog"]
-
-
-def test_precomputed_paths_compare_equal_however_they_are_spelled(tmp_path, monkeypatch):
-    # A rerun of `python -m preprocess` compares settings; a symlinked or relative spelling of the same file
-    # must not count as different settings.
-    captions = tmp_path / "real" / "captions.txt"
-    captions.parent.mkdir()
-    captions.write_text("1.jpg :a dog\n")
-    (tmp_path / "link").symlink_to(captions.parent)
-    monkeypatch.chdir(tmp_path)
-    spellings = [str(captions), str(tmp_path / "link" / "captions.txt"), "real/captions.txt", captions]
-    specs = [alignment_ita.normalize_spec({"type": "precomputed", "paths": [p]}) for p in spellings]
-    assert all(spec == specs[0] for spec in specs)
-    assert specs[0]["files"] == [
-        {
-            "name": "captions.txt",
-            "sha256": hashlib.sha256(b"1.jpg :a dog\n").hexdigest(),
-            "source": "precomputed file captions.txt",
-        }
-    ]
-    assert PrecomputedAligner("link/captions.txt").to_dict() == specs[0]
-    # The same bytes changed are another setting.
-    captions.write_text("1.jpg :a cat\n")
-    assert alignment_ita.normalize_spec({"type": "precomputed", "paths": [captions]}) != specs[0]
-
-
-def test_spec_settings_are_checked_strictly(tmp_path):
-    (tmp_path / "c.txt").write_text("1.jpg :a dog\n")
-    for bad, message in [
-        (
-            {"type": "precomputed", "path": str(tmp_path / "c.txt")},
-            r"invalid settings for aligner 'precomputed': \['path'\]",
-        ),
-        ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "colour": "red"}, "invalid settings"),
-        ({"type": "precomputed", "paths": [str(tmp_path / "c.txt")], "format": "csv"}, "format"),
-        ({"type": "precomputed", "files": [{"name": "c.txt"}]}, "is recorded as"),
-        ({"type": "rapidocr", "min_scor": 0.5}, "invalid settings for aligner 'rapidocr'"),
-        ({"type": "nope"}, "unknown aligner type 'nope'"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            alignment_ita.normalize_spec(bad)
-        with pytest.raises(ValueError, match=message):
-            aligner_from_dict(bad, context_dirs=[tmp_path])
-
-
-@pytest.mark.parametrize("name", ["captions.txt", "contexts.jsonl"])
-def test_a_context_file_that_is_not_utf8_is_named(tmp_path, name):
-    path = tmp_path / name
-    line = '{"image_id": "1", "caption": "café"}\n' if name.endswith(".jsonl") else "1.jpg :café\n"
-    path.write_bytes(line.encode("latin-1"))
-    with pytest.raises(ValueError, match=rf"{name}: not UTF-8 text after line 0 .*convert the file to UTF-8"):
-        PrecomputedAligner(path)
