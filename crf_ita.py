@@ -403,16 +403,16 @@ class CRFDecoder:
         for t in range(1, words):
             candidates = moves[t] + score
             history[t] = candidates.argmax(axis=1)
-            score = candidates.max(axis=1)
+            score = np.maximum.reduce(candidates, axis=1)  # `.max` adds a Python call per word
             alpha = np.matmul(alpha, steps[t], out=alphas[t])
             if t % _RESCALE_EVERY == 0:
-                alpha /= alpha.sum()
+                alpha /= np.add.reduce(alpha)
         beta = betas[words - 1]
         beta[:] = self._end
         for t in range(words - 2, -1, -1):
             beta = np.matmul(steps[t + 1], beta, out=betas[t])
             if t % _RESCALE_EVERY == 0:
-                beta /= beta.sum()
+                beta /= np.add.reduce(beta)
         tag = int((score + end).argmax())
         tags = [tag]
         for row in history[:0:-1].tolist():

@@ -76,6 +76,17 @@ class TweetInput:
     visual_context: str
 
 
+@dataclass
+class TweetWindow:
+    """The encoded words `[start, end)` of a tweet: all of them, or one window of a long tweet.
+
+    A dataclass for the same reason as `TweetInput`: its lists hold one int per sub-token.
+    """
+
+    span: tuple[int, int]
+    features: dict[str, list[int]] | None  # `encoding_ita` fields; None for a tweet without words
+
+
 class MultimodalNERPipeline(ChunkPipeline):
     r"""Multimodal named entity recognition with ITA: tags the words of a tweet, reading its image as text.
 
@@ -289,12 +300,12 @@ class MultimodalNERPipeline(ChunkPipeline):
             context = self._align(inputs, **limits) if words else ""
         item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
         if not words:
-            yield {"features": None, "span": (0, 0), "item": item, "is_last": True}
+            yield {"window": TweetWindow((0, 0), None), "item": item, "is_last": True}
             return
         max_context_tokens = self.model.config.max_context_tokens
         windows = encode_windows(self.tokenizer, words, context, max_context_tokens, self.max_length, stride)
         for index, (span, features) in enumerate(windows):
-            yield {"features": features, "span": span, "item": item, "is_last": index == len(windows) - 1}
+            yield {"window": TweetWindow(span, features), "item": item, "is_last": index == len(windows) - 1}
 
     def _align(self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int) -> str:
         """The visual context of one input (`visual_context_ita.align_images`); "" and one warning when it fails.
@@ -328,9 +339,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         # With batch_size 1 the inputs come one by one; batched, every field is a list (see `pad_collate_fn`:
         # the encoded features are plain lists so that `pad_batch` pads `word_index` with -1, not 0).
         batched = isinstance(model_inputs["is_last"], list)
-        features, spans, items = (
-            (model_inputs[key] if batched else [model_inputs[key]]) for key in ("features", "span", "item")
-        )
+        windows, items = ((model_inputs[key] if batched else [model_inputs[key]]) for key in ("window", "item"))
+        features, spans = [window.features for window in windows], [window.span for window in windows]
         present = [i for i, feature in enumerate(features) if feature is not None]
         num_words = max((len(features[i]["word_index"]) for i in present), default=0)
         logits = torch.zeros(len(features), num_words, self.model.config.num_labels)
@@ -350,7 +360,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             "logits": logits,
             "tags": torch.from_numpy(tags),
             "tag_scores": torch.from_numpy(tag_scores),
-            "span": model_inputs["span"],
+            "window": model_inputs["window"],
             "item": model_inputs["item"],
             "is_last": model_inputs["is_last"],
         }
@@ -408,7 +418,7 @@ def _stitch(window_outputs: list[dict[str, Any]], num_words: int) -> np.ndarray:
 
     Each word takes its emissions from the window where it is farthest from an edge: overlaps are split in the middle.
     """
-    spans = [output["span"] for output in window_outputs]
+    spans = [output["window"].span for output in window_outputs]
     pieces = []
     for index, (output, (start, end)) in enumerate(zip(window_outputs, spans)):
         keep_start = 0 if index == 0 else (start + spans[index - 1][1]) // 2

@@ -184,7 +184,7 @@ def test_a_2000_word_text_is_chunked_and_every_word_tagged(tag_all, caplog):
     features = list(windows)
     assert len(features) > 30  # the 64-position encoder really needed many windows
     assert all(
-        f["features"]["input_ids"].count(tag_all.tokenizer.sep_token_id) == 2 for f in features
+        f["window"].features["input_ids"].count(tag_all.tokenizer.sep_token_id) == 2 for f in features
     )  # context in each
 
 
