@@ -3,13 +3,13 @@
 Measures, each in a fresh process running the real CLI:
 
 - OCR throughput (images per second, wall clock including model loading) with one process and with
-  ``--num-proc 2``;
+  `--num-proc 2`;
 - peak resident memory for 100 and 1000 images, to show that it does not grow with the dataset;
 - the same for 100, 1000 and 5000 images with a tiny random object detector instead of OCR, which
   leaves the preprocessing machinery itself (image decoding, batched map, chunks, Arrow writing).
 
 The 15 shared images are cycled to make datasets of the needed size. Results are written as JSON to
-``benchmarks/results/preprocess.json``; a run of one part (``--only``) keeps the other part's results.
+`benchmarks/results/preprocess.json`; a run of one part (`--only`) keeps the other part's results.
 Run nothing else meanwhile: the machine's cores are what is measured.
 
 Usage::
@@ -34,7 +34,7 @@ RESULTS = REPO / "benchmarks" / "results" / "preprocess.json"
 
 
 def write_dataset(folder: Path, count: int) -> Path:
-    """A UMT train file of ``count`` one-token tweets whose images cycle through the shared images."""
+    """A UMT train file of `count` one-token tweets whose images cycle through the shared images."""
     ids = sorted(p.stem for p in IMAGES.glob("*.jpg"))
     blocks = [f"IMGID:{ids[i % len(ids)]}\ntweet\tO\n" for i in range(count)]
     path = folder / f"train-{count}" / "train.txt"
@@ -46,7 +46,7 @@ def write_dataset(folder: Path, count: int) -> Path:
 def run_measured(args: list[str]) -> dict[str, float]:
     """Run the preprocess CLI in a child of a fresh measuring process; return wall time and peak RSS.
 
-    A separate measuring process is used because ``RUSAGE_CHILDREN`` keeps the maximum over every child
+    A separate measuring process is used because `RUSAGE_CHILDREN` keeps the maximum over every child
     ever waited for: measuring in this process would report the largest earlier run.
     """
     measure = (

@@ -1,6 +1,6 @@
 """Offline preprocessing for ITA: read MNER datasets, align their images into text, save Arrow shards.
 
-Run ``python -m preprocess --help``; the Python entry point is :func:`preprocess.shards.preprocess`. See
+Run `python -m preprocess --help`; the Python entry point is `preprocess.shards.preprocess`. See
 docs/preprocessing.md for the input formats, recovery after a kill and running on a cluster.
 """
 

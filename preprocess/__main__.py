@@ -1,4 +1,4 @@
-r"""``python -m preprocess``: a dataset plus images and/or precomputed contexts → ``DatasetDict`` shards.
+r"""`python -m preprocess`: a dataset plus images and/or precomputed contexts → `DatasetDict` shards.
 
 Examples:
     Twitter-2017 with the released BLIP-2 captions (no images needed), saying what produced them::
@@ -14,7 +14,7 @@ Examples:
             --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \
             --aligner rapidocr --num-proc 2 --out shards/my_tweets
 
-    Two GPUs, one captioner per GPU (``--num-proc 2`` map workers, worker i on the i-th device)::
+    Two GPUs, one captioner per GPU (`--num-proc 2` map workers, worker i on the i-th device)::
 
         python -m preprocess --data my_tweets/ --images my_tweets/images \
             --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
@@ -49,7 +49,7 @@ from .shards import SETTINGS_FILE, WorkStateError, preprocess
 
 
 def parse_aligner(text: str) -> dict[str, Any]:
-    """Parse an ``--aligner`` value: ``TYPE``, ``TYPE:key=value,key=value`` or a JSON object.
+    """Parse an `--aligner` value: `TYPE`, `TYPE:key=value,key=value` or a JSON object.
 
     Values are read as JSON when they parse (numbers, booleans, lists) and as strings otherwise.
     """
@@ -77,16 +77,16 @@ def parse_aligner(text: str) -> dict[str, Any]:
 
 
 def parse_context(path: str) -> dict[str, Any]:
-    """Turn a ``--context FILE`` value into a precomputed-aligner spec.
+    """Turn a `--context FILE` value into a precomputed-aligner spec.
 
     The path only says where to read the file: the recorded settings (and a model trained on the shards) name the
-    file by name, checksum and source (see ``precomputed_ita.PrecomputedAligner``).
+    file by name, checksum and source (see `precomputed_ita.PrecomputedAligner`).
     """
     return {"type": PRECOMPUTED_TYPE, "paths": [str(Path(path).resolve())]}
 
 
 class ContextSource(argparse.Action):
-    """``--context-source TEXT``: what produced the ``--context`` file given just before it."""
+    """`--context-source TEXT`: what produced the `--context` file given just before it."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_devices(devices: list[str] | None) -> list[str] | None:
-    """``--devices`` as a list of devices; ``auto`` is every visible CUDA device."""
+    """`--devices` as a list of devices; `auto` is every visible CUDA device."""
     if devices != ["auto"]:
         return devices
     import torch
@@ -183,7 +183,7 @@ def resolve_devices(devices: list[str] | None) -> list[str] | None:
 
 
 def recovery_command(argv: list[str], options: list[str]) -> str:
-    """The command that recovers: this one with ``options`` added (once)."""
+    """The command that recovers: this one with `options` added (once)."""
     arguments = shlex.join([*argv, *(o for o in options if o not in argv)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"the same torchrun launch with: -m preprocess {arguments}"

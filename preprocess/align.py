@@ -1,6 +1,6 @@
-"""The batched ``Dataset.map`` function that turns the images of a batch of tweets into visual context.
+"""The batched `Dataset.map` function that turns the images of a batch of tweets into visual context.
 
-It reads a batch's image files and hands them to ``visual_context_ita.align_images``, the pipeline's image → context
+It reads a batch's image files and hands them to `visual_context_ita.align_images`, the pipeline's image → context
 step, so that training contexts and inference contexts are made the same way.
 """
 
@@ -37,7 +37,7 @@ def cached_aligner(spec: dict[str, Any]) -> Aligner:
 
 
 def takes_device(spec: dict[str, Any]) -> bool:
-    """Whether the aligner of a spec is placed on a device by a ``device`` argument (model-based aligners)."""
+    """Whether the aligner of a spec is placed on a device by a `device` argument (model-based aligners)."""
     return "device" in inspect.signature(ALIGNER_TYPES[spec["type"]].__init__).parameters
 
 
@@ -66,23 +66,23 @@ def output_features(tags: ClassLabel) -> Features:
 
 
 class BatchAligner:
-    """Picklable ``map`` function (``with_rank=True``): reads a batch's images and turns them into visual context.
+    """Picklable `map` function (`with_rank=True`): reads a batch's images and turns them into visual context.
 
     It never raises for a bad image or a failing aligner: the tweet keeps whatever the other aligners
-    produced and the problem is recorded in ``alignment_error`` ("" when there was none).
+    produced and the problem is recorded in `alignment_error` ("" when there was none).
 
-    With ``devices``, the aligners that take a ``device`` run on one device per ``map`` process: process ``rank`` of
-    a machine's ``device_offset + rank``-th device (round robin when there are more processes than devices).
+    With `devices`, the aligners that take a `device` run on one device per `map` process: process `rank` of
+    a machine's `device_offset + rank`-th device (round robin when there are more processes than devices).
 
     Args:
-        aligner_specs: Aligner specs (see ``visual_context_ita.aligner_from_dict``; precomputed contexts by
-            ``paths``), run in this order; pieces of the same segment from several aligners are concatenated in this
+        aligner_specs: Aligner specs (see `visual_context_ita.aligner_from_dict`; precomputed contexts by
+            `paths`), run in this order; pieces of the same segment from several aligners are concatenated in this
             order.
-        builder_settings: ``VisualContextBuilder`` keyword arguments.
-        images_dir: Folder of the images (``None`` when only precomputed aligners are used).
+        builder_settings: `VisualContextBuilder` keyword arguments.
+        images_dir: Folder of the images (`None` when only precomputed aligners are used).
         max_pixels: Decompression-bomb guard of the image loader.
-        devices: Devices to spread the ``map`` processes over (e.g. ``["cuda:0", "cuda:1"]``); ``None`` keeps each
-            spec's own ``device``.
+        devices: Devices to spread the `map` processes over (e.g. `["cuda:0", "cuda:1"]`); `None` keeps each
+            spec's own `device`.
         device_offset: Index of this launcher's first device (under torchrun: local rank × map processes).
     """
 
@@ -103,13 +103,13 @@ class BatchAligner:
         self.device_offset = device_offset
 
     def device(self, rank: int | None) -> str | None:
-        """The device of ``map`` process ``rank`` (``None`` in a single-process ``map``), or ``None`` without devices."""
+        """The device of `map` process `rank` (`None` in a single-process `map`), or `None` without devices."""
         if not self.devices:
             return None
         return self.devices[(self.device_offset + (rank or 0)) % len(self.devices)]
 
     def specs(self, rank: int | None) -> list[dict[str, Any]]:
-        """The aligner specs of ``map`` process ``rank``, placed on its device."""
+        """The aligner specs of `map` process `rank`, placed on its device."""
         device = self.device(rank)
         if device is None:
             return self.aligner_specs

@@ -1,21 +1,21 @@
 r"""Readers for MNER datasets: the UMT CoNLL/IMGID format and a JSONL form, with BIO label checking.
 
-The readers never guess: a line they cannot read exactly is a :class:`DataFormatError` that names the file and the
+The readers never guess: a line they cannot read exactly is a `DataFormatError` that names the file and the
 line, and every tweet of a file that reads is kept.
 
-UMT format (Twitter-2015/2017): a line ``IMGID:<id>``, then ``token<TAB>tag`` lines, a blank line between tweets.
-A tweet starts only at a line that is ``IMGID:<id>`` as a whole: ``IMGID:trap<TAB>O`` is the token ``IMGID:trap``.
-A token line has exactly two tab-separated columns unless ``columns=(token, tag)`` chooses two of a file's columns
+UMT format (Twitter-2015/2017): a line `IMGID:<id>`, then `token<TAB>tag` lines, a blank line between tweets.
+A tweet starts only at a line that is `IMGID:<id>` as a whole: `IMGID:trap<TAB>O` is the token `IMGID:trap`.
+A token line has exactly two tab-separated columns unless `columns=(token, tag)` chooses two of a file's columns
 (CoNLL files with POS or chunk columns); then every token line must have as many columns as the file's first one.
 The traps of docs/method.md §6 handled here: files that do not end with a blank line (the last tweet is still
-closed), invisible Unicode tokens (lines are split on ``\n`` and ``\t`` only, never on other whitespace, so U+00A0,
-U+200B, U+0085 ... survive verbatim), and spans that start with ``I-`` (kept as they are; evaluation decides how to
+closed), invisible Unicode tokens (lines are split on `\n` and `\t` only, never on other whitespace, so U+00A0,
+U+200B, U+0085 ... survive verbatim), and spans that start with `I-` (kept as they are; evaluation decides how to
 read them).
 
-JSONL format: one object per line, ``{"tokens": [...], "tags": [...], "image": "<file or id>" | null}`` with an
-optional ``"id"`` (a string or an integer, unique in the file); any other key is an error.
+JSONL format: one object per line, `{"tokens": [...], "tags": [...], "image": "<file or id>" | null}` with an
+optional `"id"` (a string or an integer, unique in the file); any other key is an error.
 
-Encodings: a byte-order mark (UTF-8, UTF-16, UTF-32) is detected, otherwise the file is UTF-8 unless ``encoding``
+Encodings: a byte-order mark (UTF-8, UTF-16, UTF-32) is detected, otherwise the file is UTF-8 unless `encoding`
 says otherwise; a file that does not decode, or holds a NUL character (binary data, or UTF-16 without a mark), is an
 error that names the file and line.
 """
@@ -34,7 +34,7 @@ from datasets import ClassLabel
 
 from configuration_ita import BIO_TAG
 
-#: Split names accepted in file names, mapped to the DatasetDict split (UMT's ``valid`` → ``validation``).
+#: Split names accepted in file names, mapped to the DatasetDict split (UMT's `valid` → `validation`).
 SPLIT_ALIASES: dict[str, str] = {
     "train": "train",
     "valid": "validation",
@@ -66,7 +66,7 @@ class DataFormatError(ValueError):
 
 @dataclass
 class Example:
-    """One tweet as read from a file; ``lines`` holds the 1-based line of each tag, for error messages."""
+    """One tweet as read from a file; `lines` holds the 1-based line of each tag, for error messages."""
 
     id: str
     tokens: list[str]
@@ -95,7 +95,7 @@ def read_text(path: str | Path, encoding: str | None = None) -> str:
 
     Args:
         path: The file.
-        encoding: A Python codec name; ``None`` detects a byte-order mark and otherwise reads UTF-8.
+        encoding: A Python codec name; `None` detects a byte-order mark and otherwise reads UTF-8.
 
     Returns:
         The text, without a byte-order mark.
@@ -139,7 +139,7 @@ def _check_tag(tag: str, path: Path, line: int) -> None:
 
 
 def check_columns(columns: Sequence[int] | None) -> tuple[int, int] | None:
-    """Validate a ``(token, tag)`` column choice (0-based); ``None`` means exactly ``token<TAB>tag``.
+    """Validate a `(token, tag)` column choice (0-based); `None` means exactly `token<TAB>tag`.
 
     Raises:
         ValueError: Not two distinct non-negative integers.
@@ -152,7 +152,7 @@ def check_columns(columns: Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def count_umt_tweets(text: str) -> int:
-    """The number of tweets in UMT text: its whole ``IMGID:<id>`` lines (a witness independent of the parser)."""
+    """The number of tweets in UMT text: its whole `IMGID:<id>` lines (a witness independent of the parser)."""
     return len(_UMT_TWEET.findall(text.replace("\r\n", "\n")))
 
 
@@ -162,7 +162,7 @@ def count_jsonl_tweets(text: str) -> int:
 
 
 def parse_umt(text: str, path: Path, columns: tuple[int, int] | None = None) -> list[Example]:
-    """Parse UMT text (see :func:`read_umt`); ``path`` names the file in errors."""
+    """Parse UMT text (see `read_umt`); `path` names the file in errors."""
     examples: list[Example] = []
     current: Example | None = None
     start = 0
@@ -230,15 +230,15 @@ def read_umt(path: str | Path, encoding: str | None = None, columns: Sequence[in
 
     Args:
         path: The file.
-        encoding: Its encoding; ``None`` detects a byte-order mark and otherwise reads UTF-8.
-        columns: ``(token, tag)`` column numbers (0-based) for files with more than two columns; ``None`` requires
-            exactly ``token<TAB>tag``.
+        encoding: Its encoding; `None` detects a byte-order mark and otherwise reads UTF-8.
+        columns: `(token, tag)` column numbers (0-based) for files with more than two columns; `None` requires
+            exactly `token<TAB>tag`.
 
     Returns:
-        The tweets in file order; ``image`` is ``"<IMGID>.jpg"`` and ``id`` the tweet's index in the file.
+        The tweets in file order; `image` is `"<IMGID>.jpg"` and `id` the tweet's index in the file.
 
     Raises:
-        DataFormatError: The file is empty or does not decode; a token line not preceded by an ``IMGID:`` line, a line
+        DataFormatError: The file is empty or does not decode; a token line not preceded by an `IMGID:` line, a line
             with another number of columns, an empty token, a non-BIO tag, or a tweet without tokens.
     """
     path = Path(path)
@@ -257,7 +257,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_jsonl(text: str, path: Path) -> list[Example]:
-    """Parse JSONL text (see :func:`read_jsonl`); ``path`` names the file in errors."""
+    """Parse JSONL text (see `read_jsonl`); `path` names the file in errors."""
     examples: list[Example] = []
     first_line: dict[str, int] = {}
     for number, line in _lines(text):
@@ -314,15 +314,15 @@ def parse_jsonl(text: str, path: Path) -> list[Example]:
 
 
 def read_jsonl(path: str | Path, encoding: str | None = None) -> list[Example]:
-    """Read a JSONL dataset file with ``tokens``, ``tags``, ``image`` (and optional ``id``) per line.
+    """Read a JSONL dataset file with `tokens`, `tags`, `image` (and optional `id`) per line.
 
     Args:
         path: The file.
-        encoding: Its encoding; ``None`` detects a byte-order mark and otherwise reads UTF-8.
+        encoding: Its encoding; `None` detects a byte-order mark and otherwise reads UTF-8.
 
     Raises:
         DataFormatError: The file is empty or does not decode; invalid JSON, a repeated key, missing or unknown keys,
-            non-string tokens/tags, length mismatch, non-BIO tag, an ``image`` that is not a string or null, an ``id``
+            non-string tokens/tags, length mismatch, non-BIO tag, an `image` that is not a string or null, an `id`
             that is not a string or integer, or an id used twice.
     """
     path = Path(path)
@@ -338,17 +338,17 @@ def is_jsonl(path: str | Path) -> bool:
 
 
 def read_file(path: str | Path, encoding: str | None = None, columns: Sequence[int] | None = None) -> list[Example]:
-    """Read a dataset file, choosing the reader from the suffix (``.jsonl`` → JSONL, else UMT).
+    """Read a dataset file, choosing the reader from the suffix (`.jsonl` → JSONL, else UMT).
 
-    ``columns`` applies to UMT files only (JSONL names its fields).
+    `columns` applies to UMT files only (JSONL names its fields).
     """
     return read_jsonl(path, encoding) if is_jsonl(path) else read_umt(path, encoding, columns)
 
 
 def count_tweets(path: str | Path, encoding: str | None = None) -> int:
-    """Count the tweets of a data file without parsing it (whole ``IMGID:`` lines, or non-blank JSONL lines).
+    """Count the tweets of a data file without parsing it (whole `IMGID:` lines, or non-blank JSONL lines).
 
-    The count is a witness for the reader: ``len(read_file(path))`` must equal it.
+    The count is a witness for the reader: `len(read_file(path))` must equal it.
     """
     text = read_text(path, encoding)
     return count_jsonl_tweets(text) if is_jsonl(path) else count_umt_tweets(text)
@@ -358,15 +358,15 @@ def find_split_files(sources: Sequence[str | Path]) -> dict[str, Path]:
     """Map each split to its file.
 
     Args:
-        sources: A folder holding ``{train,valid|dev|validation,test}.{txt,conll,jsonl}``, or files whose
-            stem names the split, or ``split=path`` pairs.
+        sources: A folder holding `{train,valid|dev|validation,test}.{txt,conll,jsonl}`, or files whose
+            stem names the split, or `split=path` pairs.
 
     Returns:
-        ``{"train": ..., "validation": ..., "test": ...}`` for the splits found, in that order.
+        `{"train": ..., "validation": ..., "test": ...}` for the splits found, in that order.
 
     Raises:
         DataFormatError: No data file found, a split given twice, a file whose split is unknown, or a file in a
-            folder named like a split with a suffix that is not a data suffix (e.g. ``train.tsv``).
+            folder named like a split with a suffix that is not a data suffix (e.g. `train.tsv`).
     """
     files: dict[str, Path] = {}
 
@@ -403,7 +403,7 @@ def find_split_files(sources: Sequence[str | Path]) -> dict[str, Path]:
 
 
 def label_names(entity_types: Iterable[str]) -> list[str]:
-    """``O`` then ``B-T``, ``I-T`` for each entity type, in the given order."""
+    """`O` then `B-T`, `I-T` for each entity type, in the given order."""
     names = ["O"]
     for entity_type in entity_types:
         names += [f"B-{entity_type}", f"I-{entity_type}"]
@@ -415,19 +415,19 @@ def build_tag_feature(
     files: dict[str, Path],
     entity_types: Sequence[str] | None = None,
 ) -> ClassLabel:
-    """The ``ClassLabel`` of the tags: ``O`` first, then ``B-``/``I-`` pairs per entity type.
+    """The `ClassLabel` of the tags: `O` first, then `B-`/`I-` pairs per entity type.
 
     Args:
         splits: The examples of each split.
         files: The file of each split, for error messages.
-        entity_types: The expected types, in label order. ``None`` takes every type seen in any split,
+        entity_types: The expected types, in label order. `None` takes every type seen in any split,
             sorted alphabetically (a stable order that does not depend on which tweet comes first).
 
     Returns:
         The class label.
 
     Raises:
-        DataFormatError: A tag's type is not among ``entity_types``; the message names file and line.
+        DataFormatError: A tag's type is not among `entity_types`; the message names file and line.
     """
     if entity_types is None:
         seen = {tag[2:] for examples in splits.values() for ex in examples for tag in ex.tags if tag != "O"}

@@ -1,32 +1,32 @@
-"""Resumable, deterministic, data-parallel preprocessing of a dataset into ``DatasetDict`` Arrow shards.
+"""Resumable, deterministic, data-parallel preprocessing of a dataset into `DatasetDict` Arrow shards.
 
-Everything a run writes for ``<out>`` lives in four places next to it, and every step is a rename or a new file,
+Everything a run writes for `<out>` lives in four places next to it, and every step is a rename or a new file,
 so a run killed at any instant leaves a state the same command recovers from:
 
-- ``<out>.lock``: a POSIX lock held by the run writing ``<out>``. The kernel drops it when that process ends, however
-  it ends, so a killed run never leaves a stale lock; a second run into the same ``<out>`` refuses to start while
+- `<out>.lock`: a POSIX lock held by the run writing `<out>`. The kernel drops it when that process ends, however
+  it ends, so a killed run never leaves a stale lock; a second run into the same `<out>` refuses to start while
   it is held.
-- ``<out>.partial/``: unfinished work. First ``preprocess_settings.json`` (written to a temporary file and
+- `<out>.partial/`: unfinished work. First `preprocess_settings.json` (written to a temporary file and
   renamed; a folder without it, from a run killed just after creating the folder, is started again), then
-  ``<split>/chunk-<start>-<stop>`` folders: each is saved as ``….tmp`` and renamed when complete, so a chunk
-  without ``.tmp`` is whole. A rerun deletes ``.tmp`` leftovers, checks that each finished chunk holds exactly
+  `<split>/chunk-<start>-<stop>` folders: each is saved as `….tmp` and renamed when complete, so a chunk
+  without `.tmp` is whole. A rerun deletes `.tmp` leftovers, checks that each finished chunk holds exactly
   its tweets (redoing it otherwise) and skips it.
-- ``<out>``: appears only whole. The splits are saved to ``<out>.partial/complete.tmp`` with the settings, checked
-  (as many tweets out as in, the same ids in the same order), then renamed to ``<out>``.
-- ``<out>.trash``: a folder being deleted. ``<out>`` or ``<out>.partial`` is renamed to it before deletion, so a
+- `<out>`: appears only whole. The splits are saved to `<out>.partial/complete.tmp` with the settings, checked
+  (as many tweets out as in, the same ids in the same order), then renamed to `<out>`.
+- `<out>.trash`: a folder being deleted. `<out>` or `<out>.partial` is renamed to it before deletion, so a
   kill in the middle of a deletion never leaves a half-deleted folder where a rerun would trust it.
 
 The settings of a run (data checksums and tweet counts, reader, aligners, context builder, chunking) are stored with
 the work and the result; a rerun with other settings is refused, naming what changed, instead of mixing chunks
 made two ways.
 
-Data-parallel runs: launched by ``torchrun`` (or ``accelerate launch``), each rank takes its part of every split with
-``datasets.distributed.split_dataset_by_node`` and writes its own chunks; rank 0 holds the lock, prepares the work
+Data-parallel runs: launched by `torchrun` (or `accelerate launch`), each rank takes its part of every split with
+`datasets.distributed.split_dataset_by_node` and writes its own chunks; rank 0 holds the lock, prepares the work
 folder, and assembles and checks the result once every rank is done. The output is identical to a one-process
-run. Inside a process, ``num_proc`` ``map`` workers each get their own device (``devices``) through ``with_rank``.
+run. Inside a process, `num_proc` `map` workers each get their own device (`devices`) through `with_rank`.
 
-Fault injection for tests: ``ITA_PREPROCESS_KILL_AT=<phase>[:<n>]`` sends SIGKILL to the process the ``n``-th time
-(default first) it reaches ``<phase>``, one of :data:`PHASES`; ``ITA_PREPROCESS_KILL_SIGNAL=SIGSTOP`` sends that
+Fault injection for tests: `ITA_PREPROCESS_KILL_AT=<phase>[:<n>]` sends SIGKILL to the process the `n`-th time
+(default first) it reaches `<phase>`, one of :data:`PHASES`; `ITA_PREPROCESS_KILL_SIGNAL=SIGSTOP` sends that
 signal instead (a run frozen in the middle, e.g. to race another run against it).
 """
 
@@ -72,8 +72,8 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "preprocess_settings.json"
 KILL_AT_ENV = "ITA_PREPROCESS_KILL_AT"
 KILL_SIGNAL_ENV = "ITA_PREPROCESS_KILL_SIGNAL"
-#: The named points of a run, in the order a fresh run reaches them (``trash-moved`` also when discarding an old
-#: result with ``overwrite``; ``settings-tmp`` and ``trash-moved`` are reached more than once, the ``chunk-*``
+#: The named points of a run, in the order a fresh run reaches them (`trash-moved` also when discarding an old
+#: result with `overwrite`; `settings-tmp` and `trash-moved` are reached more than once, the `chunk-*`
 #: phases once per chunk).
 PHASES: tuple[str, ...] = (
     "locked",
@@ -97,7 +97,7 @@ _phase_counts: Counter[str] = Counter()
 
 
 def _phase(name: str) -> None:
-    """A named point of a run: signal this process here when ``ITA_PREPROCESS_KILL_AT`` asks for it."""
+    """A named point of a run: signal this process here when `ITA_PREPROCESS_KILL_AT` asks for it."""
     target = os.environ.get(KILL_AT_ENV)
     if not target:
         return
@@ -108,10 +108,10 @@ def _phase(name: str) -> None:
 
 
 class WorkStateError(ValueError):
-    """``<out>`` or its unfinished work cannot be used as it is; ``rerun_with`` are the options that recover.
+    """`<out>` or its unfinished work cannot be used as it is; `rerun_with` are the options that recover.
 
-    ``rerun_with`` is ``[]`` when the same command recovers later (another run holds the lock), ``["--overwrite"]``
-    when the existing work must be discarded, and ``None`` when only the user can decide (a foreign folder).
+    `rerun_with` is `[]` when the same command recovers later (another run holds the lock), `["--overwrite"]`
+    when the existing work must be discarded, and `None` when only the user can decide (a foreign folder).
     """
 
     def __init__(self, message: str, rerun_with: Sequence[str] | None = None) -> None:
@@ -131,7 +131,7 @@ def _remove(path: Path) -> None:
 
 
 def _discard(path: Path, trash: Path) -> None:
-    """Delete a folder through ``trash``: after the rename, the folder is gone from where any run would look."""
+    """Delete a folder through `trash`: after the rename, the folder is gone from where any run would look."""
     if not path.exists():
         return
     _remove(trash)
@@ -149,7 +149,7 @@ def _write_settings(folder: Path, settings: dict[str, Any]) -> None:
 
 
 def _read_settings(folder: Path) -> dict[str, Any] | None:
-    """The settings stored in a folder, or ``None`` when the file is missing or not a JSON object."""
+    """The settings stored in a folder, or `None` when the file is missing or not a JSON object."""
     try:
         stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -162,9 +162,9 @@ def _changed(stored: dict[str, Any], settings: dict[str, Any]) -> str:
 
 
 class _OutputLock:
-    """Exclusive claim on ``<out>``: a POSIX lock on ``<out>.lock``, which records who holds it.
+    """Exclusive claim on `<out>`: a POSIX lock on `<out>.lock`, which records who holds it.
 
-    A POSIX lock (not ``flock``) because ``map`` worker processes forked by the holder do not inherit it, so it is
+    A POSIX lock (not `flock`) because `map` worker processes forked by the holder do not inherit it, so it is
     gone the instant the holder dies, and because network filesystems (NFS) support it.
     """
 
@@ -229,7 +229,7 @@ class _Ranks:
         return f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
 
     def on_rank0(self, function: Callable[[], Any]) -> Any:
-        """Run ``function`` on rank 0 only; every rank returns its result or raises its error."""
+        """Run `function` on rank 0 only; every rank returns its result or raises its error."""
         result = error = None
         if self.rank == 0:
             try:
@@ -247,7 +247,7 @@ class _Ranks:
         return result
 
     def all_succeed(self, function: Callable[[], None]) -> None:
-        """Run ``function`` on every rank; if it failed anywhere, every rank raises the first rank's error."""
+        """Run `function` on every rank; if it failed anywhere, every rank raises the first rank's error."""
         error = None
         try:
             function()
@@ -275,7 +275,7 @@ class _Ranks:
 def _check_contexts(spec: dict[str, Any], image_ids: set[str]) -> None:
     """Read a precomputed aligner's files before anything is written, so that a bad or wrong file writes nothing.
 
-    ``map`` workers forked later reuse the aligner read here.
+    `map` workers forked later reuse the aligner read here.
 
     Raises:
         ValueError: A file does not decode (the aligner names it and the line).
@@ -304,7 +304,7 @@ def _input_dataset(examples: list[Example], tags: ClassLabel) -> Dataset:
 
 
 def _node_part(base: Dataset, rank: int, world_size: int) -> Dataset:
-    """The part of a split that ``rank`` preprocesses (``split_dataset_by_node``: contiguous, rank 0 first)."""
+    """The part of a split that `rank` preprocesses (`split_dataset_by_node`: contiguous, rank 0 first)."""
     # With fewer tweets than ranks the last ranks get none, but datasets' contiguous shard raises IndexError for them.
     if rank >= len(base):
         return base.select([])
@@ -312,7 +312,7 @@ def _node_part(base: Dataset, rank: int, world_size: int) -> Dataset:
 
 
 def _chunk_plan(base: Dataset, chunk_size: int, world_size: int) -> list[list[tuple[int, int]]]:
-    """For each rank, its ``(start, stop)`` chunks of a split: chunks of its :func:`_node_part`."""
+    """For each rank, its `(start, stop)` chunks of a split: chunks of its `_node_part`."""
     plan, start = [], 0
     for rank in range(world_size):
         size = len(_node_part(base, rank, world_size))
@@ -326,7 +326,7 @@ def _chunk_path(work: Path, split: str, start: int, stop: int) -> Path:
 
 
 def _holds(folder: Path, ids: list[str], features: Any) -> bool:
-    """Whether a saved dataset holds exactly the tweets ``ids``, in order, with the expected columns."""
+    """Whether a saved dataset holds exactly the tweets `ids`, in order, with the expected columns."""
     try:
         dataset = load_from_disk(str(folder))
     except Exception:  # noqa: BLE001 - any unreadable folder is simply not the chunk we want.
@@ -367,37 +367,37 @@ def preprocess(
     columns: Sequence[int] | None = None,
     devices: Sequence[str] | None = None,
 ) -> DatasetDict:
-    """Read a dataset, align its images into visual context and save it as a ``DatasetDict``.
+    """Read a dataset, align its images into visual context and save it as a `DatasetDict`.
 
-    Under ``torchrun`` every rank calls this with the same arguments (see the module docstring).
+    Under `torchrun` every rank calls this with the same arguments (see the module docstring).
 
     Args:
-        data: A folder with ``train/valid/test`` files, or files, or ``split=path`` pairs (see
-            ``readers.find_split_files``).
-        out: Output folder for ``DatasetDict.save_to_disk``; ``<out>.partial`` holds unfinished work.
-        aligners: Aligner specs (``aligners_ita`` ``to_dict`` form), in order; precomputed contexts are given by
-            ``paths`` (and an optional ``source``) and recorded by file name, checksum and source.
+        data: A folder with `train/valid/test` files, or files, or `split=path` pairs (see
+            `readers.find_split_files`).
+        out: Output folder for `DatasetDict.save_to_disk`; `<out>.partial` holds unfinished work.
+        aligners: Aligner specs (`aligners_ita` `to_dict` form), in order; precomputed contexts are given by
+            `paths` (and an optional `source`) and recorded by file name, checksum and source.
         images_dir: Folder of the images; required when an aligner reads pixels.
-        builder_settings: ``VisualContextBuilder`` keyword arguments (order, separator, caps).
-        entity_types: Entity types in label order; ``None`` = every type found, sorted.
-        num_proc: Worker processes for ``Dataset.map``.
-        batch_size: Tweets per ``map`` batch.
+        builder_settings: `VisualContextBuilder` keyword arguments (order, separator, caps).
+        entity_types: Entity types in label order; `None` = every type found, sorted.
+        num_proc: Worker processes for `Dataset.map`.
+        batch_size: Tweets per `map` batch.
         chunk_size: Tweets per resumable chunk.
         max_pixels: Images with more pixels are refused (recorded as an error).
         overwrite: Discard an existing result or unfinished work made with other settings.
-        encoding: Encoding of the data files; ``None`` detects a byte-order mark, otherwise UTF-8.
-        columns: ``(token, tag)`` columns (0-based) of UMT files with more than two columns.
-        devices: One device per ``map`` worker for the aligners that take a ``device`` (round robin); under
-            torchrun, rank ``r`` on a machine starts at device ``local_rank × num_proc``. Not part of the settings:
+        encoding: Encoding of the data files; `None` detects a byte-order mark, otherwise UTF-8.
+        columns: `(token, tag)` columns (0-based) of UMT files with more than two columns.
+        devices: One device per `map` worker for the aligners that take a `device` (round robin); under
+            torchrun, rank `r` on a machine starts at device `local_rank × num_proc`. Not part of the settings:
             a rerun may use other devices.
 
     Returns:
-        The saved ``DatasetDict`` (splits ``train``, ``validation``, ``test`` as present).
+        The saved `DatasetDict` (splits `train`, `validation`, `test` as present).
 
     Raises:
         DataFormatError: A data file is malformed, empty or does not decode (nothing is written).
-        WorkStateError: ``<out>`` or its unfinished work was made with other settings or cannot be trusted, or another
-            run holds ``<out>``; ``rerun_with`` says how to recover.
+        WorkStateError: `<out>` or its unfinished work was made with other settings or cannot be trusted, or another
+            run holds `<out>`; `rerun_with` says how to recover.
         ValueError: Invalid settings.
     """
     out = Path(out).absolute()
@@ -484,7 +484,7 @@ def preprocess(
 def _prepare(
     out: Path, work: Path, trash: Path, settings: dict[str, Any], examples: dict[str, list[Example]], overwrite: bool
 ) -> bool:
-    """Make ``<out>.partial`` ready to (re)start, under the lock; ``True`` when ``<out>`` is already complete."""
+    """Make `<out>.partial` ready to (re)start, under the lock; `True` when `<out>` is already complete."""
     # A deletion that a kill interrupted.
     _remove(trash)
     if out.exists():
@@ -591,7 +591,7 @@ def _assemble(
     examples: dict[str, list[Example]],
     plans: dict[str, list[list[tuple[int, int]]]],
 ) -> None:
-    """Join every rank's chunks into ``<out>``, checked before it is published (rank 0, under the lock)."""
+    """Join every rank's chunks into `<out>`, checked before it is published (rank 0, under the lock)."""
     splits: dict[str, Dataset] = {}
     for split, plan in plans.items():
         chunks = [_chunk_path(work, split, start, stop) for rank_chunks in plan for start, stop in rank_chunks]

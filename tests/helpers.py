@@ -219,3 +219,17 @@ def decisive_ita_model(tokenizer, labels: list[str] | None = None) -> ITAForToke
         for parameter in (model.crf.transitions, model.crf.start_transitions, model.crf.end_transitions):
             parameter.normal_()
     return model
+
+
+# Headless Chromium that never reaches the network on its own (updates, sync, QUIC probes): the browser tests talk
+# only to the servers they start on 127.0.0.1.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

@@ -23,22 +23,11 @@ pytest.importorskip("gradio", reason="Gradio 6 is not installed (the `app` extra
 
 from test_handler import assert_requirements_met, image_server, save_captioned_checkpoint, save_images  # noqa: E402
 
-from helpers import REPO, T15_LABELS  # noqa: E402
+from helpers import CHROMIUM_FLAGS, REPO, T15_LABELS  # noqa: E402
 
 TWEET = "Obama visits Paris with Merkel"
 EXAMPLE_TWEET = ["RT", "@NBA", ":", "Kyrie", "plays", "with", "LeBron"]
 START_TIMEOUT = 60
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1400",
-]
 
 
 def free_port() -> int:
@@ -158,7 +147,7 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+    for flag in [*CHROMIUM_FLAGS, "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     chrome.set_page_load_timeout(30)

@@ -6,18 +6,7 @@ import subprocess
 import pytest
 
 from demo.report import ReportItem, highlight, write_report
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-]
+from helpers import CHROMIUM_FLAGS
 
 TEXT = "RT @nba : Kawhi Leonard 🏀 meets Kawhi fans in San Antonio <3 https://t.co/x"
 
@@ -68,7 +57,7 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, shared_data):
     ]
     page = write_report(items, tmp_path / "report.html", "3 tweets")
     profile = tmp_path / "profile"
-    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    common = [chromium, *CHROMIUM_FLAGS, "--hide-scrollbars", f"--user-data-dir={profile}"]
     dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr
     assert dom.stdout.count('class="entity"') == 5

@@ -14,7 +14,14 @@ import train
 from aligners_ita import CaptionAligner
 from configuration_ita import ITAConfig
 from fresh_process import run_fresh_python
-from helpers import CACHE_COMMIT, add_to_hub_cache, noise_image, save_tiny_captioner, tiny_ita_model
+from helpers import (
+    CACHE_COMMIT,
+    add_to_hub_cache,
+    noise_image,
+    save_tiny_captioner,
+    save_tiny_encoder,
+    tiny_ita_model,
+)
 from images_ita import load_image
 from pipeline_ita import MultimodalNERPipeline
 from precomputed_ita import PrecomputedAligner, locate_context_file
@@ -367,7 +374,6 @@ def test_live_captioner_gives_new_images_their_context_through_the_training_caps
 
 
 def test_train_records_the_shards_context_the_builder_caps_and_the_live_aligner(workspace, tmp_path, minilm_dir):
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
     tweets = [
         ("1001", "Obama visits Paris", "B-PER O B-LOC"),
@@ -390,18 +396,7 @@ def test_train_records_the_shards_context_the_builder_caps_and_the_live_aligner(
         builder_settings={"max_words_per_segment": 4, "max_words": 6},
         aligners=[{"type": "precomputed", "paths": [str(workspace["captions"])], "source": SOURCE}],
     )
-    encoder = tmp_path / "encoder"
-    BertModel(
-        BertConfig(
-            vocab_size=30522,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=128,
-        )
-    ).save_pretrained(encoder)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(encoder)
+    encoder = save_tiny_encoder(tmp_path / "encoder", minilm_dir)
     live = json.dumps({"type": "image-to-text", "model": LIVE_REPO, "generate_kwargs": GENERATE})
     output_dir = tmp_path / "run"
     train.run(
