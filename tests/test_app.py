@@ -23,7 +23,7 @@ pytest.importorskip("gradio", reason="Gradio 6 is not installed (the `app` extra
 
 from test_handler import assert_requirements_met, image_server, save_captioned_checkpoint, save_images  # noqa: E402
 
-from helpers import CHROMIUM_FLAGS, REPO, T15_LABELS  # noqa: E402
+from helpers import CHROMIUM_FLAGS, REPO, T15_LABELS, stop_process  # noqa: E402
 
 TWEET = "Obama visits Paris with Merkel"
 EXAMPLE_TWEET = ["RT", "@NBA", ":", "Kyrie", "plays", "with", "LeBron"]
@@ -80,12 +80,7 @@ def site(tmp_path_factory, minilm_dir, minilm_tokenizer):
             pytest.fail(f"the app did not start within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
         yield {"url": url, "checkpoint": checkpoint, "images": images, "log": log}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

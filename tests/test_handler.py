@@ -25,7 +25,7 @@ import pytest
 
 from aligners_ita import CaptionAligner
 from fresh_process import run_fresh_python
-from helpers import REPO, noise_image, save_tiny_captioner, tiny_ita_model
+from helpers import REPO, noise_image, save_tiny_captioner, stop_process, tiny_ita_model
 
 TEXT = "Kawhi Leonard wins the fan vote for Block of the Year"
 OTHER_TEXT = "RT @NBA : the Golden State Warriors visit the White House"
@@ -269,12 +269,7 @@ def served(checkpoint: Path, workdir: Path, *extra_args: str):
             pytest.fail(f"the server did not start within {SERVER_START_TIMEOUT} s: {log.read_text()[-3000:]}")
         yield ready[0].split()[-1], process, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         process.stdout.close()
 
 
