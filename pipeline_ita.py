@@ -174,6 +174,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         # One encoding now resets any truncation or padding another user of this tokenizer set: the pipeline's
         # own calls never change those settings, so threads can then share the tokenizer (see `encoding_ita`).
         encode_windows(self.tokenizer, ["a"], "a")
+        # Read once, like the CRF scores below: config attributes and `pad_token_id` are computed on every access.
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.max_context_tokens, self.pad_token_id = config.max_context_tokens, self.tokenizer.pad_token_id
         # Built once: the pipeline decodes with the CRF scores the model has when the pipeline is created.
         self.decoder = CRFDecoder.from_crf(self.model.crf, constrained=config.crf_bio_constraints)
 
@@ -302,8 +305,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         if not words:
             yield {"window": TweetWindow((0, 0), None), "item": item, "is_last": True}
             return
-        max_context_tokens = self.model.config.max_context_tokens
-        windows = encode_windows(self.tokenizer, words, context, max_context_tokens, self.max_length, stride)
+        windows = encode_windows(self.tokenizer, words, context, self.max_context_tokens, self.max_length, stride)
         for index, (span, features) in enumerate(windows):
             yield {"window": TweetWindow(span, features), "item": item, "is_last": index == len(windows) - 1}
 
@@ -343,9 +345,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         features, spans = [window.features for window in windows], [window.span for window in windows]
         present = [i for i, feature in enumerate(features) if feature is not None]
         num_words = max((len(features[i]["word_index"]) for i in present), default=0)
-        logits = torch.zeros(len(features), num_words, self.model.config.num_labels)
+        logits = torch.zeros(len(features), num_words, len(self.labels))
         if present:
-            batch = pad_batch([features[i] for i in present], self.tokenizer.pad_token_id)
+            batch = pad_batch([features[i] for i in present], self.pad_token_id)
             outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
             emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
             logits[present] = torch.as_tensor(emissions).float().cpu()
@@ -388,7 +390,7 @@ class MultimodalNERPipeline(ChunkPipeline):
                 emissions = _stitch(all_outputs, len(item.words))[None]
                 tags, scores = self.decoder(emissions, np.ones(emissions.shape[:2], dtype=bool))
                 tags, scores = tags[0], scores[0].tolist()
-            labels = [self.model.config.id2label[int(tag)] for tag in tags]
+            labels = [self.labels[tag] for tag in tags.tolist()]
             entities = (_word_entities if aggregation_strategy == "none" else _grouped_entities)(item, labels, scores)
             # As in TokenClassificationPipeline: a word's `entity` (B-/I- tag) or a span's `entity_group`.
             entities = [
