@@ -55,10 +55,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_xlmr_tokenizer():
     """An XLM-R-style fast tokenizer (SentencePiece-like Unigram, `<s> A </s></s> B </s>` pairs) trained offline."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import XLMRobertaTokenizerFast
 
-    from helpers import TWEETS
+    from helpers import ROBERTA_STYLE_SPECIALS, TWEETS, roberta_style_post_processor
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     backend = Tokenizer(models.Unigram())
@@ -68,18 +68,10 @@ def tiny_xlmr_tokenizer():
     backend.train_from_iterator(
         TWEETS * 5, trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>")
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
+    backend.post_processor = roberta_style_post_processor()
     return XLMRobertaTokenizerFast(
         tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
+        **ROBERTA_STYLE_SPECIALS,
         model_max_length=512,
     )
 

@@ -243,3 +243,24 @@ def stop_process(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# The special tokens of RoBERTa-family tokenizers (XLM-R, BART), for the tiny ones the tests train offline.
+ROBERTA_STYLE_SPECIALS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+
+
+def roberta_style_post_processor():
+    """`<s> A </s>` and `<s> A </s></s> B </s>`, with `<s>` = 0 and `</s>` = 2, as RoBERTa-family tokenizers add them."""
+    from tokenizers import processors
+
+    return processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )

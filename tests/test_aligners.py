@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aligners_ita import CaptionAligner, Florence2Aligner, ObjectTagAligner, RapidOCRAligner, TesseractAligner
-from helpers import noise_image, render_text, save_tiny_captioner
+from helpers import ROBERTA_STYLE_SPECIALS, noise_image, render_text, roberta_style_post_processor, save_tiny_captioner
 from images_ita import load_image
 from visual_context_ita import aligner_from_dict
 
@@ -163,7 +163,7 @@ def tiny_florence2(tmp_path_factory) -> Path:
     The last decoder layer norm is set to output a constant vector that the embedding of " dog" points
     along, so greedy decoding writes " dog" again and again: an exact, known answer for every task.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         BartConfig,
         BartTokenizerFast,
@@ -192,18 +192,10 @@ def tiny_florence2(tmp_path_factory) -> Path:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
+    backend.post_processor = roberta_style_post_processor()
     tokenizer = BartTokenizerFast(
         tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
+        **ROBERTA_STYLE_SPECIALS,
         extra_special_tokens={"image_token": "<image>"},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
