@@ -14,6 +14,7 @@ so one tokenizer can serve many threads; special-token strings in the text are r
 """
 
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,17 +26,38 @@ TEXT_PREFIX = "text_"
 # Padding value of each field in a batch; `labels` are word-level and padded like the word index.
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "word_index": -1, "labels": -100}
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Tokenizers whose backend encodes pre-split words exactly as `tokenizer(...)` does, checked on their first call.
+_BACKEND_READERS: "weakref.WeakSet[PreTrainedTokenizerBase]" = weakref.WeakSet()
 
 
 class TweetTooLongError(ValueError):
     """A tweet whose words alone do not fit the encoder; the pipeline splits such tweets into chunks."""
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None):
+def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None) -> Any:
+    """The `tokenizers.Encoding` of `words` followed by `context_words` (if any), special tokens included.
+
+    Through the backend (Rust) tokenizer directly when that reads the words exactly as `tokenizer(...)` does: the
+    Python call costs more than the tokenisation of a tweet. Otherwise, and on a tokenizer's first call, through
+    `tokenizer(...)`, whose checks (e.g. `add_prefix_space` for pre-split words) then hold for every later call.
+    """
+    backend = tokenizer.backend_tokenizer
+    if (
+        tokenizer in _BACKEND_READERS
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == tokenizer.split_special_tokens
+    ):
+        return backend.encode(words, context_words, is_pretokenized=True, add_special_tokens=True)
     # Never with truncation or padding arguments: those are settings of the one Rust tokenizer shared by every
     # thread, and changing them while another thread encodes fails ("Already borrowed"). The context is cut by
-    # `_truncate_context` instead. `verbose=False`: a pair longer than the encoder is cut right after.
-    return tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, verbose=False)
+    # `_TokenisedTweet.features` instead; `verbose=False`: a pair longer than the encoder is cut right after.
+    encoding = tokenizer(words, context_words, is_split_into_words=True, add_special_tokens=True, verbose=False)
+    [reference] = encoding.encodings
+    direct = backend.encode(words, context_words, is_pretokenized=True, add_special_tokens=True)
+    if direct.ids == reference.ids and direct.type_ids == reference.type_ids and direct.word_ids == reference.word_ids:
+        _BACKEND_READERS.add(tokenizer)
+    return reference
 
 
 def _as_text(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
@@ -56,38 +78,23 @@ def _as_text(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
     return cleaned
 
 
-def _first_subtokens(encoding, num_words: int) -> list[int]:
-    """Position of the first sub-token of every tweet word (sequence 0) in a fast-tokenizer encoding."""
+def _first_subtokens(word_ids: list[int | None], sequence_ids: list[int | None], num_words: int) -> list[int | None]:
+    """Position of the first sub-token of every tweet word (sequence 0) in an encoding; None for a word without one."""
     first: list[int | None] = [None] * num_words
-    for position, (word, sequence) in enumerate(zip(encoding.word_ids(), encoding.sequence_ids())):
-        if sequence == 0 and word is not None and first[word] is None:
+    for position, (word, sequence) in enumerate(zip(word_ids, sequence_ids)):
+        if sequence == 0 and first[word] is None:
             first[word] = position
-    return first  # type: ignore[return-value]
+    return first
 
 
-def _encode_tweet(
-    tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str] | None
-) -> tuple[list[str], Any]:
-    """The tweet (and its context, if any) encoded, every word that yields no sub-token replaced by the unknown token.
-
-    Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely; such a
-    word would have no first sub-token, and so no tag. The unknown token keeps its position. The text is
-    tokenised once, and again only when it has such a word.
-
-    Returns:
-        The words as encoded and their encoding.
-    """
-    encoding = _encode(tokenizer, words, context_words)
-    first = _first_subtokens(encoding, len(words))
-    if all(position is not None for position in first):
-        return words, encoding
-    if tokenizer.unk_token is None:
-        raise ValueError(
-            f"Words {[w for w, p in zip(words, first) if p is None]!r} produce no sub-token and the "
-            "tokenizer has no unknown token to stand in for them."
-        )
-    words = [word if position is not None else tokenizer.unk_token for word, position in zip(words, first)]
-    return words, _encode(tokenizer, words, context_words)
+def _fields(tokenizer: PreTrainedTokenizerBase, encoding: Any) -> dict[str, list[int]]:
+    """The model inputs of an encoding: those of `VIEW_FIELDS[:3]` that the tokenizer returns (`model_input_names`)."""
+    values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
+    return {
+        field: values[field]
+        for field in VIEW_FIELDS[:3]
+        if field == "input_ids" or field in tokenizer.model_input_names
+    }
 
 
 class _TokenisedTweet:
@@ -96,14 +103,31 @@ class _TokenisedTweet:
     Words are tokenised one by one (`is_split_into_words`), so the sub-tokens of words `[start, end)` and of the
     context are the same inside the whole text as in a window of it: cutting positions out of the one encoding
     gives exactly what encoding the window would, special tokens and token types included.
+
+    Tweets contain invisible tokens (U+200B, U+00AD, ...) that many tokenizers normalise away entirely; such a
+    word would have no first sub-token, and so no tag. Such words are replaced by the unknown token, which keeps
+    their position: the text is tokenised again only when it has one.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str]):
-        self.tokenizer = tokenizer
-        self.words, self.encoding = _encode_tweet(tokenizer, words, context_words or None)
+        self.tokenizer, self.words, self.context_words = tokenizer, words, context_words or None
+        encoding = _encode(tokenizer, words, self.context_words)
+        self.word_ids, self.sequence_ids = encoding.word_ids, encoding.sequence_ids
+        self.first = _first_subtokens(self.word_ids, self.sequence_ids, len(words))
+        if None in self.first:
+            if tokenizer.unk_token is None:
+                raise ValueError(
+                    f"Words {[w for w, p in zip(words, self.first) if p is None]!r} produce no sub-token and the "
+                    "tokenizer has no unknown token to stand in for them."
+                )
+            self.words = [word if p is not None else tokenizer.unk_token for word, p in zip(words, self.first)]
+            encoding = _encode(tokenizer, self.words, self.context_words)
+            self.word_ids, self.sequence_ids = encoding.word_ids, encoding.sequence_ids
+            self.first = _first_subtokens(self.word_ids, self.sequence_ids, len(words))
+        self.fields = _fields(tokenizer, encoding)
         self.word_lengths = [0] * len(self.words)
         self.context_length = 0
-        for word, sequence in zip(self.encoding.word_ids(), self.encoding.sequence_ids()):
+        for word, sequence in zip(self.word_ids, self.sequence_ids):
             if sequence == 0:
                 self.word_lengths[word] += 1
             elif sequence == 1:
@@ -127,13 +151,15 @@ class _TokenisedTweet:
         The same cut as `truncation="only_second"`: context sub-tokens are removed from its end, the words and the
         special tokens stay.
         """
-        encoding = self.encoding
         if self.context_length and not room:
             # The tweet alone has the special tokens of one sequence, not of a pair without its second part.
-            encoding = _encode(self.tokenizer, self.words[start:end], None)
-            start, end = 0, end - start
+            alone = _TokenisedTweet(self.tokenizer, self.words[start:end], [])
+            return alone.features(0, end - start, 0)
+        if start == 0 and end == len(self.words) and room >= self.context_length:
+            # The whole encoding (a tweet that fits, the common case): nothing to cut.
+            return {**{field: list(values) for field, values in self.fields.items()}, "word_index": list(self.first)}
         keep, first, context_seen, previous = [], [], 0, None
-        for position, (word, sequence) in enumerate(zip(encoding.word_ids(), encoding.sequence_ids())):
+        for position, (word, sequence) in enumerate(zip(self.word_ids, self.sequence_ids)):
             if sequence == 0:
                 if not start <= word < end:
                     continue
@@ -145,7 +171,7 @@ class _TokenisedTweet:
                 if context_seen > room:
                     continue
             keep.append(position)
-        fields = {field: [encoding[field][i] for i in keep] for field in VIEW_FIELDS[:3] if field in encoding}
+        fields = {field: [values[i] for i in keep] for field, values in self.fields.items()}
         fields["word_index"] = first
         return fields
 

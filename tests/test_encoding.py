@@ -128,3 +128,47 @@ def test_plan_windows_covers_every_word_within_the_budget(minilm_tokenizer):
     word = ".".join("abcdefghijklmnopqrst")
     with pytest.raises(ValueError, match=r"more than the 18 a window of this encoder holds.*'a\.b\.c"):
         encode_windows(minilm_tokenizer, ["the", word, "end"], "", max_length=20)
+
+
+def test_encodings_equal_the_tokenizers_own_call_even_after_its_settings_change(tokenizer):
+    # Encoding reads the backend (Rust) tokenizer directly once a first call through `tokenizer(...)` showed they
+    # agree; someone else's truncation or padding setting on the shared tokenizer must not leak into it.
+    context_words = CONTEXT.split()
+    reference = tokenizer(WORDS[:3], context_words, is_split_into_words=True)
+    example = encode_example(tokenizer, WORDS[:3], CONTEXT, max_context_tokens=100, text_view=False)
+    assert example["input_ids"] == reference["input_ids"]
+    assert example["attention_mask"] == reference["attention_mask"]
+    assert example.get("token_type_ids") == reference.get("token_type_ids")
+    tokenizer(WORDS[:3], context_words, is_split_into_words=True, truncation=True, max_length=6, padding="max_length")
+    truncated = tokenizer.backend_tokenizer.truncation
+    assert truncated is not None and tokenizer.backend_tokenizer.padding is not None
+    again = encode_example(tokenizer, WORDS[:3], CONTEXT, max_context_tokens=100, text_view=False)
+    assert again == example
+    # The same for a word list the tokenizer has not seen before, read directly now that the settings are reset.
+    assert tokenizer.backend_tokenizer.truncation is None
+    words = ["Toronto", "Raptors", "#WeTheNorth", "🏀"]
+    assert (
+        encode_example(tokenizer, words, CONTEXT, text_view=False)["input_ids"]
+        == (tokenizer(words, context_words, is_split_into_words=True)["input_ids"])
+    )
+
+
+def test_a_tokenizer_that_refuses_pre_split_words_still_refuses():
+    # RoBERTa's byte-level BPE without `add_prefix_space` refuses word lists on transformers 4 (5 reads them): encoding
+    # does what the tokenizer's own call does, every time, and never bypasses that check by reading the backend.
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import RobertaTokenizerFast
+
+    backend = Tokenizer(models.BPE(vocab={"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "Ġa": 5}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    roberta = RobertaTokenizerFast(tokenizer_object=backend, add_prefix_space=False)
+    try:
+        expected = roberta(["a", "a"], is_split_into_words=True)["input_ids"]
+    except Exception as err:  # noqa: BLE001 - whatever the tokenizer raises, encoding must raise it too.
+        for _ in range(2):
+            with pytest.raises(type(err), match="add_prefix_space"):
+                encode_example(roberta, ["a", "a"], "", text_view=False)
+    else:
+        for _ in range(2):
+            assert encode_example(roberta, ["a", "a"], "", text_view=False)["input_ids"] == expected
