@@ -396,23 +396,27 @@ class CRFDecoder:
         moves = transitions.T[None, :, :] + emissions[:, :, None]
         emitted = np.exp(emissions - emissions.max(axis=1, keepdims=True))
         steps = self._moves * emitted[:, None, :]
-        alphas, betas = np.empty_like(emitted), np.empty_like(emitted)
-        history = np.empty((words, emissions.shape[1]), dtype=np.intp)
+        # What a tweet's decoding costs is numpy's overhead per call, not arithmetic, so the loops make few and cheap
+        # calls: every Viterbi candidate is kept, and one `argmax` after the loop finds all the back-pointers (the
+        # same ones, ties included, as an argmax per word); they index lists of rows, not arrays; and the messages
+        # go through `np.dot`, which costs a third of `np.matmul` on vectors this small.
+        candidates, alphas, betas = np.empty_like(moves), np.empty_like(emitted), np.empty_like(emitted)
+        move_rows, step_rows, candidate_rows = list(moves), list(steps), list(candidates)
+        alpha_rows, beta_rows = list(alphas), list(betas)
         score = start + emissions[0]
-        alpha = np.multiply(self._start, emitted[0], out=alphas[0])
+        alpha = np.multiply(self._start, emitted[0], out=alpha_rows[0])
         for t in range(1, words):
-            candidates = moves[t] + score
-            history[t] = candidates.argmax(axis=1)
-            score = np.maximum.reduce(candidates, axis=1)  # `.max` adds a Python call per word
-            alpha = np.matmul(alpha, steps[t], out=alphas[t])
+            score = np.maximum.reduce(np.add(move_rows[t], score, out=candidate_rows[t]), axis=1)
+            alpha = np.dot(alpha, step_rows[t], out=alpha_rows[t])
             if t % _RESCALE_EVERY == 0:
                 alpha /= np.add.reduce(alpha)
-        beta = betas[words - 1]
+        beta = beta_rows[words - 1]
         beta[:] = self._end
         for t in range(words - 2, -1, -1):
-            beta = np.matmul(steps[t + 1], beta, out=betas[t])
+            beta = np.dot(step_rows[t + 1], beta, out=beta_rows[t])
             if t % _RESCALE_EVERY == 0:
                 beta /= np.add.reduce(beta)
+        history = candidates.argmax(axis=2)
         tag = int((score + end).argmax())
         tags = [tag]
         for row in history[:0:-1].tolist():
@@ -421,6 +425,6 @@ class CRFDecoder:
         tags.reverse()
         products = alphas * betas
         totals = products.sum(axis=1)
-        if not (np.isfinite(totals).all() and totals.min() > _SMALLEST_TOTAL):
+        if not totals.min() > _SMALLEST_TOTAL:  # also when a total is NaN, which `min` passes on
             return None
         return tags, products[np.arange(words), tags] / totals
