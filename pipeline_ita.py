@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
+from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 from transformers.utils import logging
 
 try:
@@ -333,6 +334,19 @@ class MultimodalNERPipeline(ChunkPipeline):
             logger.warning(f"{'; '.join(context.errors)}: {fallback}.")
         return context.text
 
+    def get_iterator(
+        self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
+    ):
+        if num_workers or batch_size != 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        # One tweet at a time in this process: transformers' DataLoader would only hand each window on as it is
+        # (`no_collate_fn`), at a cost per tweet that counts at this batch size.
+        windows = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
+        model_outputs = PipelinePackIterator(windows, self.forward, forward_params, loader_batch_size=1)
+        return PipelineIterator(model_outputs, self.postprocess, postprocess_params)
+
     def get_inference_context(self):
         # No autograd bookkeeping at all (transformers' default is `no_grad`): tensors never leave the pipeline.
         return torch.inference_mode
@@ -344,28 +358,36 @@ class MultimodalNERPipeline(ChunkPipeline):
         windows, items = ((model_inputs[key] if batched else [model_inputs[key]]) for key in ("window", "item"))
         features, spans = [window.features for window in windows], [window.span for window in windows]
         present = [i for i, feature in enumerate(features) if feature is not None]
-        num_words = max((len(features[i]["word_index"]) for i in present), default=0)
-        logits = torch.zeros(len(features), num_words, len(self.labels))
-        if present:
-            batch = pad_batch([features[i] for i in present], self.pad_token_id)
-            outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
-            emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
-            logits[present] = torch.as_tensor(emissions).float().cpu()
+        if len(present) == len(features):
+            logits = self._emissions(features)
+        else:  # a batch with tweets that have no words
+            num_words = max((len(features[i]["word_index"]) for i in present), default=0)
+            logits = np.zeros((len(features), num_words, len(self.labels)), dtype=np.float32)
+            if present:
+                logits[present] = self._emissions([features[i] for i in present])
         # Whole tweets are decoded here, the batch at once (which costs about as much as one tweet), outside the
         # model and any ONNX graph; a long tweet's windows are decoded once, stitched together, in `postprocess`.
         whole = np.zeros(logits.shape[:2], dtype=bool)
         for i in present:
             if spans[i] == (0, len(items[i].words)):
                 whole[i, : len(features[i]["word_index"])] = True
-        tags, tag_scores = self.decoder(logits.numpy(), whole)
+        tags, tag_scores = self.decoder(logits, whole)
+        # numpy arrays, which `Pipeline.forward` passes through as they are (it moves every tensor to the CPU).
         return {
             "logits": logits,
-            "tags": torch.from_numpy(tags),
-            "tag_scores": torch.from_numpy(tag_scores),
+            "tags": tags,
+            "tag_scores": tag_scores,
             "window": model_inputs["window"],
             "item": model_inputs["item"],
             "is_last": model_inputs["is_last"],
         }
+
+    def _emissions(self, features: list[dict[str, list[int]]]) -> np.ndarray:
+        """The model's emissions for encoded windows, `(len(features), max words, num_labels)` float32."""
+        batch = pad_batch(features, self.pad_token_id)
+        outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
+        emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
+        return torch.as_tensor(emissions).float().cpu().numpy()
 
     def postprocess(
         self,
@@ -383,8 +405,8 @@ class MultimodalNERPipeline(ChunkPipeline):
         entities: list[dict[str, Any]] = []
         if item.words:
             if len(all_outputs) == 1:
-                tags, scores = all_outputs[0]["tags"][0].numpy(), all_outputs[0]["tag_scores"][0].numpy()
-                tags, scores = tags[: len(item.words)], scores[: len(item.words)].tolist()
+                tags = all_outputs[0]["tags"][0, : len(item.words)]
+                scores = all_outputs[0]["tag_scores"][0, : len(item.words)].tolist()
             else:
                 # A long tweet's windows are stitched and decoded as one sequence, so tags stay valid across seams.
                 emissions = _stitch(all_outputs, len(item.words))[None]
@@ -425,7 +447,7 @@ def _stitch(window_outputs: list[dict[str, Any]], num_words: int) -> np.ndarray:
     for index, (output, (start, end)) in enumerate(zip(window_outputs, spans)):
         keep_start = 0 if index == 0 else (start + spans[index - 1][1]) // 2
         keep_end = num_words if index == len(spans) - 1 else (spans[index + 1][0] + end) // 2
-        pieces.append(output["logits"][0, keep_start - start : keep_end - start].numpy())
+        pieces.append(output["logits"][0, keep_start - start : keep_end - start])
     return np.concatenate(pieces)
 
 

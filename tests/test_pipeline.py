@@ -193,6 +193,8 @@ def test_batching_gives_exactly_the_results_of_batch_size_one(pipe):
     one = pipe(inputs, batch_size=1, aggregation_strategy="none")
     for batch_size in (3, 8):
         assert_same_entities(pipe(inputs, batch_size=batch_size, aggregation_strategy="none"), one)
+    # At batch size 1 the pipeline skips transformers' DataLoader, which a worker process brings back.
+    assert_same_entities(pipe(inputs, batch_size=1, num_workers=1, aggregation_strategy="none"), one)
     assert len(one[6]) > 0 and one[4] == []
 
 
