@@ -60,14 +60,17 @@ def _encode(tokenizer: PreTrainedTokenizerBase, words: list[str], context_words:
     return reference
 
 
-def _as_text(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> list[str]:
-    """`words` with lone surrogates replaced and special-token strings broken up, so both are read as text.
+def _as_text(words: list[str], specials: list[str]) -> list[str]:
+    """`words` with lone surrogates replaced and the strings of `specials` broken up, so both are read as text.
 
     A tweet or context that contains `[SEP]`, `</s>` or `[PAD]` must not become that special token (a `[PAD]`
     would even be attended as padding): a space after its first character makes the tokenizer read the pieces as
     ordinary text, within the same word. Lone surrogates (`"\udcff"`), which no encoder can read, become U+FFFD.
     """
-    specials = [token for token in tokenizer.all_special_tokens if len(token) > 1]
+    # Checked on the whole text first: almost no tweet has either, and one search costs less than one per word.
+    joined = "\n".join(words)
+    if not _SURROGATES.search(joined) and not any(token in joined for token in specials):
+        return words
     cleaned = []
     for word in words:
         word = _SURROGATES.sub("\ufffd", word)
@@ -176,8 +179,14 @@ class _TokenisedTweet:
         return fields
 
 
-def _checked_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[str]:
-    """`words` as text the tokenizer reads literally; errors for a slow tokenizer, no words, or an empty word."""
+def _checked_text(
+    tokenizer: PreTrainedTokenizerBase, words: Sequence[str], visual_context: str
+) -> tuple[list[str], list[str]]:
+    """The words and the context's words as text the tokenizer reads literally (`_as_text`).
+
+    Raises:
+        ValueError: for a slow tokenizer, no words, or an empty word.
+    """
     if not tokenizer.is_fast:
         raise ValueError(
             "ITA needs a fast tokenizer (word ids locate each word's first sub-token): "
@@ -188,7 +197,8 @@ def _checked_words(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> 
         raise ValueError("Cannot encode an empty tweet: `words` is empty.")
     if any(not isinstance(word, str) or not word for word in words):
         raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
-    return _as_text(tokenizer, words)
+    specials = [token for token in tokenizer.all_special_tokens if len(token) > 1]
+    return _as_text(words, specials), _as_text(visual_context.split(), specials)
 
 
 def encode_example(
@@ -216,9 +226,9 @@ def encode_example(
         TweetTooLongError: if the words alone need more sub-tokens than `max_length` (`encode_windows` splits them).
         ValueError: if `words` is empty or the tokenizer is not a fast tokenizer.
     """
-    words = _checked_words(tokenizer, words)
+    words, context_words = _checked_text(tokenizer, words, visual_context)
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    tweet = _TokenisedTweet(tokenizer, words, _as_text(tokenizer, visual_context.split()))
+    tweet = _TokenisedTweet(tokenizer, words, context_words)
     text_length = tweet.text_length(0, len(words))
     if text_length > limit:
         raise TweetTooLongError(
@@ -286,9 +296,9 @@ def encode_windows(
     Returns:
         `[((start, end), features), ...]`: each window's words and its cross-modal view (no `text_*` fields).
     """
-    words = _checked_words(tokenizer, words)
+    words, context_words = _checked_text(tokenizer, words, visual_context)
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    tweet = _TokenisedTweet(tokenizer, words, _as_text(tokenizer, visual_context.split()))
+    tweet = _TokenisedTweet(tokenizer, words, context_words)
     if tweet.text_length(0, len(words)) <= limit:
         windows = [(0, len(words))]
     else:
