@@ -362,20 +362,21 @@ class CRFDecoder:
         emissions = np.asarray(emissions, dtype=np.float64)
         mask = np.asarray(mask, dtype=bool)
         if emissions.shape[0] == 1:
-            # One sequence (the pipeline at batch size 1): its own loop costs a third of the batched one.
-            length = int(mask[0].sum())
-            decoded = self._decode_sequence(emissions[0, :length]) if mask[0, :length].all() else None
+            # One sequence (the pipeline at batch size 1): its own loop costs a third of the batched one. Its mask is
+            # read as a list: right after a model forward, each kind of numpy call costs tens of microseconds more.
+            row = mask[0].tolist()
+            length = row.count(True)
+            decoded = self._decode_sequence(emissions[0, :length]) if all(row[:length]) else None
             if decoded is not None:
-                tags = np.full(mask.shape, PAD_TAG, dtype=np.int64)
-                scores = np.zeros(mask.shape)
-                tags[0, :length], scores[0, :length] = decoded
-                return tags, scores
+                padding = len(row) - length
+                tags, scores = decoded
+                return np.array([tags + [PAD_TAG] * padding], dtype=np.int64), np.array([scores + [0.0] * padding])
         tags = viterbi_decode_numpy(emissions, mask, *self.decoding)
         marginals = marginals_numpy(emissions, mask, *self.raw)
         scores = np.take_along_axis(marginals, np.maximum(tags, 0)[:, :, None], axis=2)[:, :, 0] * mask
         return tags, scores
 
-    def _decode_sequence(self, emissions: np.ndarray) -> tuple[list[int], np.ndarray] | None:
+    def _decode_sequence(self, emissions: np.ndarray) -> tuple[list[int], list[float]] | None:
         """`__call__` for one unpadded sequence `(words, num_tags)`: the same tags and marginals, fewer numpy calls.
 
         Viterbi and the forward pass share one loop, and the forward–backward messages are rescaled every
@@ -384,12 +385,7 @@ class CRFDecoder:
         """
         words = len(emissions)
         if words == 0:
-            return [], np.zeros(0)
-        with np.errstate(all="ignore"):  # an underflow is detected below and handed over
-            return self._forward_backward(emissions)
-
-    def _forward_backward(self, emissions: np.ndarray) -> tuple[list[int], np.ndarray] | None:
-        words = len(emissions)
+            return [], []
         transitions, start, end = self.decoding
         # Per word, everything the loop adds or multiplies: `moves[t][j, i]` is the score of tag i -> tag j at word t
         # (transposed, so the previous scores broadcast as a row), `steps[t][i, j]` the same in probability space.
@@ -409,13 +405,19 @@ class CRFDecoder:
             score = np.maximum.reduce(np.add(move_rows[t], score, out=candidate_rows[t]), axis=1)
             alpha = np.dot(alpha, step_rows[t], out=alpha_rows[t])
             if t % _RESCALE_EVERY == 0:
-                alpha /= np.add.reduce(alpha)
+                total = np.add.reduce(alpha)
+                if not total > _SMALLEST_TOTAL:  # underflowed: no division by 0, the batched code takes over
+                    return None
+                alpha /= total
         beta = beta_rows[words - 1]
         beta[:] = self._end
         for t in range(words - 2, -1, -1):
             beta = np.dot(step_rows[t + 1], beta, out=beta_rows[t])
             if t % _RESCALE_EVERY == 0:
-                beta /= np.add.reduce(beta)
+                total = np.add.reduce(beta)
+                if not total > _SMALLEST_TOTAL:
+                    return None
+                beta /= total
         history = candidates.argmax(axis=2)
         tag = int((score + end).argmax())
         tags = [tag]
@@ -427,4 +429,4 @@ class CRFDecoder:
         totals = products.sum(axis=1)
         if not totals.min() > _SMALLEST_TOTAL:  # also when a total is NaN, which `min` passes on
             return None
-        return tags, products[np.arange(words), tags] / totals
+        return tags, (products[np.arange(words), tags] / totals).tolist()

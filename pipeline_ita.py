@@ -362,7 +362,7 @@ class MultimodalNERPipeline(ChunkPipeline):
             logits = self._emissions(features)
         else:  # a batch with tweets that have no words
             num_words = max((len(features[i]["word_index"]) for i in present), default=0)
-            logits = np.zeros((len(features), num_words, len(self.labels)), dtype=np.float32)
+            logits = np.zeros((len(features), num_words, len(self.labels)))
             if present:
                 logits[present] = self._emissions([features[i] for i in present])
         # Whole tweets are decoded here, the batch at once (which costs about as much as one tweet), outside the
@@ -383,11 +383,14 @@ class MultimodalNERPipeline(ChunkPipeline):
         }
 
     def _emissions(self, features: list[dict[str, list[int]]]) -> np.ndarray:
-        """The model's emissions for encoded windows, `(len(features), max words, num_labels)` float32."""
+        """The model's emissions for encoded windows, `(len(features), max words, num_labels)` float64.
+
+        In the decoder's float64 already: torch's cast, right after the forward, costs less than numpy's there.
+        """
         batch = pad_batch(features, self.pad_token_id)
         outputs = self.model(**{name: tensor.to(self.device) for name, tensor in batch.items()})
         emissions = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs[0])
-        return torch.as_tensor(emissions).float().cpu().numpy()
+        return torch.as_tensor(emissions).double().cpu().numpy()
 
     def postprocess(
         self,
