@@ -179,10 +179,8 @@ class _TokenisedTweet:
         return fields
 
 
-def _checked_text(
-    tokenizer: PreTrainedTokenizerBase, words: Sequence[str], visual_context: str
-) -> tuple[list[str], list[str]]:
-    """The words and the context's words as text the tokenizer reads literally (`_as_text`).
+def _tokenised(tokenizer: PreTrainedTokenizerBase, words: Sequence[str], visual_context: str) -> _TokenisedTweet:
+    """The one tokenisation of a tweet's words and its context, both read as literal text (`_as_text`).
 
     Raises:
         ValueError: for a slow tokenizer, no words, or an empty word.
@@ -198,7 +196,7 @@ def _checked_text(
     if any(not isinstance(word, str) or not word for word in words):
         raise ValueError(f"Every word must be a non-empty string, got {words!r}.")
     specials = [token for token in tokenizer.all_special_tokens if len(token) > 1]
-    return _as_text(words, specials), _as_text(visual_context.split(), specials)
+    return _TokenisedTweet(tokenizer, _as_text(words, specials), _as_text(visual_context.split(), specials))
 
 
 def encode_example(
@@ -226,20 +224,19 @@ def encode_example(
         TweetTooLongError: if the words alone need more sub-tokens than `max_length` (`encode_windows` splits them).
         ValueError: if `words` is empty or the tokenizer is not a fast tokenizer.
     """
-    words, context_words = _checked_text(tokenizer, words, visual_context)
+    tweet = _tokenised(tokenizer, words, visual_context)
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    tweet = _TokenisedTweet(tokenizer, words, context_words)
-    text_length = tweet.text_length(0, len(words))
+    text_length = tweet.text_length(0, len(tweet.words))
     if text_length > limit:
         raise TweetTooLongError(
-            f"The tweet's {len(words)} words need {text_length} sub-tokens, more than the encoder's limit of "
+            f"The tweet's {len(tweet.words)} words need {text_length} sub-tokens, more than the encoder's limit of "
             f"{limit}. Split it into shorter pieces, or use the multimodal-ner pipeline, which chunks long texts."
         )
     # No context, or no room for a single context sub-token: x' is the tweet alone, and CVA skips it.
-    room = tweet.context_room(0, len(words), limit, max_context_tokens)
-    example = tweet.features(0, len(words), room)
+    room = tweet.context_room(0, len(tweet.words), limit, max_context_tokens)
+    example = tweet.features(0, len(tweet.words), room)
     if text_view:
-        alone = example if not room else tweet.features(0, len(words), 0)
+        alone = example if not room else tweet.features(0, len(tweet.words), 0)
         example.update({TEXT_PREFIX + field: list(values) for field, values in alone.items()})
     return example
 
@@ -296,18 +293,17 @@ def encode_windows(
     Returns:
         `[((start, end), features), ...]`: each window's words and its cross-modal view (no `text_*` fields).
     """
-    words, context_words = _checked_text(tokenizer, words, visual_context)
+    tweet = _tokenised(tokenizer, words, visual_context)
     limit = max_length if max_length is not None else tokenizer.model_max_length
-    tweet = _TokenisedTweet(tokenizer, words, context_words)
-    if tweet.text_length(0, len(words)) <= limit:
-        windows = [(0, len(words))]
+    if tweet.text_length(0, len(tweet.words)) <= limit:
+        windows = [(0, len(tweet.words))]
     else:
         context_share = min(tweet.context_length, max_context_tokens, limit // 2)
         budget = limit - tokenizer.num_special_tokens_to_add(pair=bool(context_share)) - context_share
         try:
             windows = plan_windows(tweet.word_lengths, budget, stride)
         except ValueError as err:
-            word = next(word for word, length in zip(words, tweet.word_lengths) if length > budget)
+            word = next(word for word, length in zip(tweet.words, tweet.word_lengths) if length > budget)
             raise ValueError(f"{err} (the word is {word[:50]!r}...)") from err
     return [
         ((start, end), tweet.features(start, end, tweet.context_room(start, end, limit, max_context_tokens)))
