@@ -81,15 +81,6 @@ def _as_text(words: list[str], specials: list[str]) -> list[str]:
     return cleaned
 
 
-def _first_subtokens(word_ids: list[int | None], sequence_ids: list[int | None], num_words: int) -> list[int | None]:
-    """Position of the first sub-token of every tweet word (sequence 0) in an encoding; None for a word without one."""
-    first: list[int | None] = [None] * num_words
-    for position, (word, sequence) in enumerate(zip(word_ids, sequence_ids)):
-        if sequence == 0 and first[word] is None:
-            first[word] = position
-    return first
-
-
 def _fields(tokenizer: PreTrainedTokenizerBase, encoding: Any) -> dict[str, list[int]]:
     """The model inputs of an encoding: those of `VIEW_FIELDS[:3]` that the tokenizer returns (`model_input_names`)."""
     values = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
@@ -114,9 +105,7 @@ class _TokenisedTweet:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, words: list[str], context_words: list[str]):
         self.tokenizer, self.words, self.context_words = tokenizer, words, context_words or None
-        encoding = _encode(tokenizer, words, self.context_words)
-        self.word_ids, self.sequence_ids = encoding.word_ids, encoding.sequence_ids
-        self.first = _first_subtokens(self.word_ids, self.sequence_ids, len(words))
+        encoding = self._read(_encode(tokenizer, words, self.context_words))
         if None in self.first:
             if tokenizer.unk_token is None:
                 raise ValueError(
@@ -124,19 +113,29 @@ class _TokenisedTweet:
                     "tokenizer has no unknown token to stand in for them."
                 )
             self.words = [word if p is not None else tokenizer.unk_token for word, p in zip(words, self.first)]
-            encoding = _encode(tokenizer, self.words, self.context_words)
-            self.word_ids, self.sequence_ids = encoding.word_ids, encoding.sequence_ids
-            self.first = _first_subtokens(self.word_ids, self.sequence_ids, len(words))
+            encoding = self._read(_encode(tokenizer, self.words, self.context_words))
         self.fields = _fields(tokenizer, encoding)
+        self.single_specials = tokenizer.num_special_tokens_to_add(pair=False)
+        self.pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
+
+    def _read(self, encoding: Any) -> Any:
+        """Reads the layout of `encoding` (returned as it is) in one pass.
+
+        Sets each word's first sub-token position (None for a word without one) and sub-token count, and the
+        number of context sub-tokens.
+        """
+        self.word_ids, self.sequence_ids = encoding.word_ids, encoding.sequence_ids
+        self.first: list[int | None] = [None] * len(self.words)
         self.word_lengths = [0] * len(self.words)
         self.context_length = 0
-        for word, sequence in zip(self.word_ids, self.sequence_ids):
+        for position, (word, sequence) in enumerate(zip(self.word_ids, self.sequence_ids)):
             if sequence == 0:
+                if not self.word_lengths[word]:
+                    self.first[word] = position
                 self.word_lengths[word] += 1
             elif sequence == 1:
                 self.context_length += 1
-        self.single_specials = tokenizer.num_special_tokens_to_add(pair=False)
-        self.pair_specials = tokenizer.num_special_tokens_to_add(pair=True)
+        return encoding
 
     def text_length(self, start: int, end: int) -> int:
         """Sub-tokens of words `[start, end)` encoded alone, special tokens included."""
