@@ -14,7 +14,7 @@ from transformers import AutoConfig, PretrainedConfig
 DEFAULT_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 # The visual-context builder's defaults (`visual_context_ita.VisualContextBuilder` reads them from here): segments in
 # context order, the text between segments, and the joiner of a segment's pieces (" " for segments not listed).
-DEFAULT_CONTEXT_ORDER = ["caption", "objects", "ocr"]
+DEFAULT_CONTEXT_ORDER = ["caption", "objects", "ocr", "knowledge"]
 DEFAULT_CONTEXT_SEPARATOR = " | "
 DEFAULT_PIECE_SEPARATORS = {"objects": ", "}
 # `VisualContextBuilder` argument -> the ITAConfig field that records it.
@@ -220,7 +220,7 @@ class ITAConfig(PretrainedConfig):
             λ in `λ·(NLL(x') + NLL(x)) + (1−λ)·T²·KL`.
         cva_kl_on (`str`, *optional*, defaults to `"crf_marginals"`):
             `"crf_marginals"` (the paper's default) or `"emission_softmax"`.
-        context_order (`list[str]`, *optional*, defaults to `["caption", "objects", "ocr"]`):
+        context_order (`list[str]`, *optional*, defaults to `["caption", "objects", "ocr", "knowledge"]`):
             Order of the visual-context segments.
         context_separator (`str`, *optional*, defaults to `" | "`):
             String placed between visual-context segments.

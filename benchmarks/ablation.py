@@ -23,15 +23,42 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ablation.json"
+KNOWLEDGE_RESULTS = REPO / "benchmarks" / "results" / "knowledge_ablation.json"
 STEP_RATIO_RESULTS = REPO / "benchmarks" / "results" / "ablation_step_ratio.json"
-# Cell name -> train.py options. (a) text only, (b) ITA captions without CVA, (c) ITA captions with CVA.
-# Every model is then evaluated with the captions as visual context and with the tweet alone; the text-only
-# model, trained without any context, gets that evaluation from a separate `--do_train False` run.
-EVAL_CONTEXT = "caption"
+# Cell name -> its context segments (in context order; none = text only), CVA on or off, and the context's sub-token
+# budget. The first three cells are the 1-epoch caption study (`ablation.json`); the others are the knowledge study
+# (`knowledge_ablation.json`, `--suite knowledge`): PGIM's LLM knowledge alone and with the caption in both orders,
+# and knowledge in a budget too small for it. The knowledge is ~90-105 words, 126 MiniLM sub-tokens at the median and
+# 172 (Twitter-2017) / 193 (Twitter-2015) at the 95th percentile, so its cells get 192.
 CELLS = {
-    "text_only": ["--context_columns", "none", "--cva", "False"],
-    "captions": ["--context_columns", "caption", "--cva", "False"],
-    "captions_cva": ["--context_columns", "caption", "--cva", "True"],
+    # The budget of a text-only model is the one it is tested with when it is given a context.
+    "text_only": {"context": [], "cva": False, "budget": 192},
+    "captions": {"context": ["caption"], "cva": False, "budget": 64},
+    "captions_cva": {"context": ["caption"], "cva": True, "budget": 64},
+    "knowledge_cva": {"context": ["knowledge"], "cva": True, "budget": 192},
+    "caption_knowledge_cva": {"context": ["caption", "knowledge"], "cva": True, "budget": 192},
+    "knowledge_caption_cva": {"context": ["knowledge", "caption"], "cva": True, "budget": 192},
+    "knowledge_cva_budget64": {"context": ["knowledge"], "cva": True, "budget": 64},
+}
+# Which cells a suite runs on which data, the contexts a text-only model is also tested with, and its results file.
+SUITES = {
+    "caption": {
+        "cells": {name: ["twitter2017", "twitter2015"] for name in ("text_only", "captions", "captions_cva")},
+        "eval_contexts": ["caption"],
+        "out": RESULTS,
+    },
+    "knowledge": {
+        "cells": {
+            "text_only": ["twitter2017", "twitter2015"],
+            "captions_cva": ["twitter2017", "twitter2015"],
+            "knowledge_cva": ["twitter2017", "twitter2015"],
+            "caption_knowledge_cva": ["twitter2017", "twitter2015"],
+            "knowledge_caption_cva": ["twitter2017"],
+            "knowledge_cva_budget64": ["twitter2017"],
+        },
+        "eval_contexts": ["caption", "knowledge"],
+        "out": KNOWLEDGE_RESULTS,
+    },
 }
 # docs/method.md §3: T = 2 for Twitter-2017, 4 for Twitter-2015.
 TEMPERATURE = {"twitter2017": 2.0, "twitter2015": 4.0}
@@ -50,24 +77,31 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"reference": REFERENCE, "runs": []}
 
 
-def summarize(output_dir: Path, scores_dir: Path) -> dict:
-    """Timings of a finished train.py run, and scores from the results files in `scores_dir`."""
-    test = json.loads((scores_dir / "test_results.json").read_text())
-    dev = json.loads((scores_dir / "eval_results.json").read_text())
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    epochs = [e for e in state["log_history"] if "epoch_train_seconds" in e]
-    scores = {}
-    for split, metrics in (("test", test), ("dev", dev)):
-        prefix = "test" if split == "test" else "eval"
-        scores[split] = {
+def scores(scores_dir: Path) -> dict:
+    """P/R/F1/strict F1 on test and dev, with context and text only, from a run's results files."""
+    result = {}
+    for split, prefix, name in (("test", "test", "test_results.json"), ("dev", "eval", "eval_results.json")):
+        metrics = json.loads((scores_dir / name).read_text())
+        result[split] = {
             mode: {
-                name: round(100 * metrics[f"{prefix}_{mode}_{name}"], 2)
-                for name in ("precision", "recall", "f1", "strict_f1")
+                score: round(100 * metrics[f"{prefix}_{mode}_{score}"], 2)
+                for score in ("precision", "recall", "f1", "strict_f1")
             }
             for mode in MODES
         }
+    return result
+
+
+def summarize(output_dir: Path) -> dict:
+    """Timings of a finished train.py run, and its dev F1 after each epoch (both modes)."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    epochs = [e for e in state["log_history"] if "epoch_train_seconds" in e]
+    evaluations = [e for e in state["log_history"] if "eval_mean_f1" in e]
     return {
-        **scores,
+        "dev_f1_by_epoch": [
+            {mode: round(100 * e[f"eval_{mode}_f1"], 2) for mode in MODES} | {"epoch": round(e["epoch"], 2)}
+            for e in evaluations
+        ],
         "epoch_train_seconds": [round(e["epoch_train_seconds"], 1) for e in epochs],
         "seconds_per_step": round(
             sum(e["epoch_train_seconds"] for e in epochs) / sum(e["epoch_steps"] for e in epochs), 3
@@ -76,16 +110,10 @@ def summarize(output_dir: Path, scores_dir: Path) -> dict:
     }
 
 
-def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Namespace) -> None:
-    key = {"dataset": dataset, "cell": cell, "seed": seed, "eval_context": EVAL_CONTEXT}
-    with _lock:
-        if any(all(run.get(k) == v for k, v in key.items()) for run in load(args.out)["runs"]):
-            print(f"skip {key}: already in {args.out}", flush=True)
-            return
-    output_dir = Path(args.work) / f"{dataset}-{cell}-seed{seed}"
-    log = Path(args.work) / f"{dataset}-{cell}-seed{seed}.log"
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-    command = [
+def train_command(dataset: str, shards: str, cell: str, seed: int, output_dir: Path, args: argparse.Namespace) -> list:
+    """The train.py command of one cell and seed."""
+    spec = CELLS[cell]
+    return [
         sys.executable,
         str(REPO / "train.py"),
         "--dataset_path",
@@ -106,7 +134,7 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         "--per_device_eval_batch_size",
         "64",
         "--max_context_tokens",
-        str(args.max_context_tokens),
+        str(spec["budget"]),
         "--cva_temperature",
         str(TEMPERATURE[dataset]),
         "--save_total_limit",
@@ -115,8 +143,49 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         "50",
         "--disable_tqdm",
         "True",
-        *CELLS[cell],
+        "--context_columns",
+        *(spec["context"] or ["none"]),
+        *(["--context_order", *spec["context"]] if spec["context"] else []),
+        "--cva",
+        str(spec["cva"]),
     ]
+
+
+def evaluate_command(shards: str, model_dir: Path, context: str, out_dir: Path) -> list:
+    """The train.py command that tests a trained model with `context` as its visual context (and text only)."""
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--model_name_or_path",
+        str(model_dir),
+        "--do_train",
+        "False",
+        "--dataset_path",
+        shards,
+        "--context_columns",
+        context,
+        "--context_order",
+        context,
+        "--output_dir",
+        str(out_dir),
+        "--per_device_eval_batch_size",
+        "64",
+        "--disable_tqdm",
+        "True",
+    ]
+
+
+def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Namespace) -> None:
+    suite = SUITES[args.suite]
+    key = {"dataset": dataset, "cell": cell, "seed": seed, "eval_context": suite["eval_contexts"][0]}
+    with _lock:
+        if any(all(run.get(k) == v for k, v in key.items()) for run in load(args.out)["runs"]):
+            print(f"skip {key}: already in {args.out}", flush=True)
+            return
+    output_dir = Path(args.work) / f"{dataset}-{cell}-seed{seed}"
+    log = Path(args.work) / f"{dataset}-{cell}-seed{seed}.log"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+    command = train_command(dataset, shards, cell, seed, output_dir, args)
     start = time.perf_counter()
     reused = (output_dir / "train_results.json").is_file() and (output_dir / "test_results.json").is_file()
     if reused:
@@ -130,38 +199,23 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
     if not (output_dir / "test_results.json").is_file():
         print(f"FAILED {key} (exit {code}), see {log}", flush=True)
         return
-    scores_dir = output_dir
-    if CELLS[cell][1] != EVAL_CONTEXT:
-        scores_dir = output_dir / f"eval-with-{EVAL_CONTEXT}"
-        evaluate = [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--model_name_or_path",
-            str(output_dir),
-            "--do_train",
-            "False",
-            "--dataset_path",
-            shards,
-            "--context_columns",
-            EVAL_CONTEXT,
-            "--output_dir",
-            str(scores_dir),
-            "--per_device_eval_batch_size",
-            "64",
-            "--disable_tqdm",
-            "True",
-        ]
-        with open(log, "a") as handle:
-            subprocess.run(evaluate, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
-        command += ["&&", *evaluate[1:]]
-    run = {
-        **key,
-        **summarize(output_dir, scores_dir),
-        "wall_seconds": round(wall, 1),
-        "exit_code": code,
-        "command": " ".join(command[1:]),
-        "threads": args.threads,
-    }
+    run = {**key, **scores(output_dir), **summarize(output_dir)}
+    commands = [" ".join(command[1:])]
+    if not CELLS[cell]["context"]:
+        # A model trained without context is also tested with each context the other cells read; the first is the
+        # `with_context` score of the table.
+        tested = {}
+        for context in suite["eval_contexts"]:
+            scores_dir = output_dir / f"eval-with-{context}"
+            evaluate = evaluate_command(shards, output_dir, context, scores_dir)
+            if not (scores_dir / "test_results.json").is_file():
+                with open(log, "a") as handle:
+                    subprocess.run(evaluate, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
+            tested[context] = scores(scores_dir)
+            commands.append(" ".join(evaluate[1:]))
+        run.update(tested[suite["eval_contexts"][0]])
+        run["tested_with"] = tested
+    run.update(wall_seconds=round(wall, 1), exit_code=code, command=" && ".join(commands), threads=args.threads)
     with _lock:
         results = load(args.out)
         same = [r for r in results["runs"] if all(r.get(k) == key[k] for k in ("dataset", "cell", "seed"))]
@@ -171,10 +225,9 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         # A record made before the evaluation protocol was fixed is replaced.
         results["runs"] = [r for r in results["runs"] if r not in same]
         results["settings"] = {
-            k: v
-            for k, v in vars(args).items()
-            if k in ("epochs", "lr", "crf_lr", "batch_size", "max_context_tokens", "threads", "workers")
+            k: v for k, v in vars(args).items() if k in ("epochs", "lr", "crf_lr", "batch_size", "threads", "workers")
         }
+        results["settings"]["cells"] = {name: CELLS[name] for name in suite["cells"]}
         results["runs"].append(run)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -266,20 +319,25 @@ def main() -> None:
         metavar="NAME=PATH",
         help=f"datasets in run order; NAME one of {sorted(TEMPERATURE)}",
     )
-    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument(
+        "--suite", default="caption", choices=list(SUITES), help="which study: cells, tests, results file"
+    )
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), help="default: the suite's cells, in its order")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--crf_lr", type=float, default=5e-2)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_context_tokens", type=int, default=64)
+    parser.add_argument("--max_context_tokens", type=int, default=64, help="context budget of --step-ratio")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--workers", type=int, default=1, help="runs at the same time")
     parser.add_argument("--work", default="/tmp/ita_ablation", help="run folders and logs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="results file (default: the suite's)")
     parser.add_argument("--step-ratio", action="store_true", help="measure the CVA / plain step time ratio instead")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out")
     args = parser.parse_args()
+    suite = SUITES[args.suite]
+    args.out = args.out or suite["out"]
     if args.table:
         print(table(load(args.out)))
         return
@@ -290,8 +348,13 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    cells = args.cells or list(suite["cells"])
     jobs = [
-        (dataset, path, cell, seed) for seed in args.seeds for dataset, path in shards.items() for cell in args.cells
+        (dataset, path, cell, seed)
+        for seed in args.seeds
+        for dataset, path in shards.items()
+        for cell in cells
+        if dataset in suite["cells"].get(cell, [])
     ]
     with ThreadPoolExecutor(args.workers) as pool:
         for future in [pool.submit(run_cell, *job, args) for job in jobs]:

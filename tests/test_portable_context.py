@@ -12,7 +12,7 @@ import pytest
 
 import train
 from aligners_ita import CaptionAligner
-from configuration_ita import ITAConfig
+from configuration_ita import DEFAULT_CONTEXT_ORDER, ITAConfig
 from fresh_process import run_fresh_python
 from helpers import (
     CACHE_COMMIT,
@@ -179,7 +179,7 @@ def test_config_json_records_the_context_without_any_path(workspace):
             "context_piece_separators",
         )
     } == {
-        "context_order": ["caption", "objects", "ocr"],
+        "context_order": DEFAULT_CONTEXT_ORDER,
         "context_separator": " | ",
         **CAPS,
         "context_piece_separators": {"objects": ", "},

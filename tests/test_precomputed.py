@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from aligners_ita import SEGMENTS
 from precomputed_ita import PrecomputedAligner
 from visual_context_ita import aligner_from_dict, normalize_spec, spec_is_precomputed
 
@@ -15,7 +16,7 @@ def test_blip2_captions_are_looked_up_by_image_id(shared_data):
     found = aligner.align([None, None, None], ["108911", "71406", "no-such-image"])
     assert found[0]["caption"] == ["the chicago bears and green bay packers are playing in the nfl"]
     assert found[1]["caption"] == []  # one of the two known empty captions
-    assert found[2] == {"caption": [], "objects": [], "ocr": []}
+    assert found[2] == {name: [] for name in SEGMENTS}
     assert aligner("713.jpg", image_id="713.jpg")["caption"] == ["chicago white sox quotes"]
 
 
@@ -28,7 +29,7 @@ def test_jsonl_contexts_and_format_errors(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     aligner = PrecomputedAligner(path)
     assert aligner.align([None], ["7"]) == [
-        {"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"]}
+        {"caption": ["a dog", "on grass"], "objects": ["dog", "ball"], "ocr": ["GOAL"], "knowledge": []}
     ]
     path.write_text('{"image_id": "1", "caption": "ok"}\n{"caption": "no id"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{path}:2: .*image_id"):
@@ -56,9 +57,8 @@ def test_precomputed_spec_records_name_checksum_and_source_and_round_trips(tmp_p
     # A spec names no path: it is rebuilt only from a folder that holds a file of that name and checksum.
     rebuilt = aligner_from_dict(json.loads(json.dumps(spec)), context_dirs=[tmp_path])
     assert rebuilt.to_dict() == spec and rebuilt("5.jpg", image_id="5") == {
+        **{name: [] for name in SEGMENTS},
         "caption": ["a cat"],
-        "objects": [],
-        "ocr": [],
     }
     assert rebuilt.knows("5.jpg") and not rebuilt.knows("6")
     with pytest.raises(FileNotFoundError, match="'c.txt'.* is not in any folder"):
