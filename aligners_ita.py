@@ -1,9 +1,10 @@
 """Aligners: the models that turn an image into text segments (docs/method.md §1), and their base class.
 
 Object tags (local alignment), captions (global alignment) and OCR (optical character alignment): each aligner maps a
-batch of images to one dict of *segments* per image, segment name (`"caption"`, `"objects"`, `"ocr"`) → text pieces.
-Subclasses of `Aligner` register by `type` in `ALIGNER_TYPES`. Contexts looked up by image id are `precomputed_ita`'s;
-`visual_context_ita` builds aligners from specs and joins their segments into the context.
+batch of images to one dict of *segments* per image, segment name (`"caption"`, `"objects"`, `"ocr"`, `"knowledge"`)
+→ text pieces. Aligners that also read the tweet (`needs_text`, e.g. a vision-language model writing `knowledge`) live
+in `knowledge_ita`; contexts looked up by image id are `precomputed_ita`'s. Subclasses of `Aligner` register by `type`
+in `ALIGNER_TYPES`; `visual_context_ita` builds aligners from specs and joins their segments into the context.
 
 Remote code: imports only the standard library, numpy, torch, transformers and its sibling modules; RapidOCR, OpenCV
 and pytesseract are imported by name (`images_ita.optional_import`) when an aligner that needs them is built.
@@ -25,7 +26,8 @@ except ImportError:
     from configuration_ita import DEFAULT_CONTEXT_ORDER
     from images_ita import optional_import
 
-# Segment names, in the default order of the visual context (docs/method.md §1: caption, object tags, OCR).
+# Segment names, in the default order of the visual context (docs/method.md §1: caption, object tags, OCR; then the
+# knowledge a language model writes after reading the tweet, see `configuration_ita.DEFAULT_CONTEXT_ORDER`).
 SEGMENTS: tuple[str, ...] = tuple(DEFAULT_CONTEXT_ORDER)
 
 # One image's segments: segment name → text pieces.
@@ -42,17 +44,38 @@ def normalize_text(text: str) -> str:
 ALIGNER_TYPES: dict[str, type[Aligner]] = {}
 
 
+class PartialAlignment(Exception):
+    """Raised by an aligner that aligned some images of a batch and failed on others, each for its own reason.
+
+    `visual_context_ita.align_images` keeps the segments of the images that worked and records each failure for its
+    image, instead of running the batch again image by image (which would, e.g., send every request of a batch to a
+    chat endpoint that is down a second time).
+
+    Args:
+        results: One dict of segments per image of the batch (empty for the images that failed).
+        errors: One entry per image: why it failed, or `None` when it did not.
+    """
+
+    def __init__(self, results: list[Segments], errors: list[str | None]) -> None:
+        super().__init__("; ".join(error for error in errors if error))
+        self.results = results
+        self.errors = errors
+
+
 class Aligner:
     """Base class: turns a batch of images into text segments.
 
     Subclasses set `type` (the name used in specs), `segments` (the segment names they fill) and
-    implement `align` and `settings`.
+    implement `align` and `settings`. Aligners that read the tweet too set `needs_text`.
     """
 
     type: ClassVar[str]
     segments: ClassVar[tuple[str, ...]]
     # `True` for aligners that look contexts up by image id instead of computing them from pixels.
     precomputed: ClassVar[bool] = False
+    # `True` for aligners that read each image's tweet and the segments aligners before them produced (`align`'s
+    # `texts` and `segments`), e.g. a vision-language model asked about this tweet's names.
+    needs_text: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,6 +96,11 @@ class Aligner:
     def align(self, images: Sequence[Any], image_ids: Sequence[str] | None = None) -> list[Segments]:
         """Align a batch of images.
 
+        Aligners with `needs_text` take two more arguments, passed by keyword (and only to them, so that an aligner
+        written before they existed keeps working): `texts`, each image's tweet (`None` when unknown), and
+        `segments`, the segments the aligners before this one produced for each image (e.g. the caption a language
+        model reads with the tweet).
+
         Args:
             images: `PIL.Image` objects (RGB); `None` for an image that is missing, which yields
                 empty segments.
@@ -81,12 +109,18 @@ class Aligner:
 
         Returns:
             One dict per image, from segment name to text pieces (possibly empty).
+
+        Raises:
+            PartialAlignment: Some images of the batch failed and the others did not (the results of both inside).
         """
         raise NotImplementedError
 
-    def __call__(self, image: Any, image_id: str | None = None) -> Segments:
-        """Align one image (see `align`)."""
-        return self.align([image], None if image_id is None else [image_id])[0]
+    def __call__(self, image: Any, image_id: str | None = None, text: str | None = None) -> Segments:
+        """Align one image (see `align`); `text` is its tweet, read by aligners with `needs_text`."""
+        image_ids = None if image_id is None else [image_id]
+        if self.needs_text:
+            return self.align([image], image_ids, texts=[text], segments=[{}])[0]
+        return self.align([image], image_ids)[0]
 
     @classmethod
     def normalize_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:

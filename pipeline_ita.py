@@ -6,6 +6,7 @@ This file is remote code: `modeling_ita.py` imports it, so every checkpoint carr
 and its siblings through flat relative imports (with an absolute fallback for the checkout).
 """
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,11 +34,18 @@ try:
         load_image,
     )
 
-    # Imported here though only visual_context_ita uses it: from a local folder, transformers 4 copies only the
+    # Imported here though only visual_context_ita uses them: from a local folder, transformers 4 copies only the
     # modules the pipeline file itself imports.
+    from .knowledge_ita import ImageTextToTextAligner
     from .precomputed_ita import PrecomputedAligner
     from .pretokenizer_ita import TweetPreTokenizer
-    from .visual_context_ita import VisualContextBuilder, align_images, aligners_for_image, build_aligners
+    from .visual_context_ita import (
+        ContextCache,
+        TweetImage,
+        VisualContextBuilder,
+        build_aligners,
+        contexts_for_tweets,
+    )
 except ImportError:
     from aligners_ita import Aligner
     from configuration_ita import PIPELINE_TASK, PIPELINE_TASK_ALIASES
@@ -51,9 +59,10 @@ except ImportError:
         image_id_from_source,
         load_image,
     )
+    from knowledge_ita import ImageTextToTextAligner  # noqa: F401
     from precomputed_ita import PrecomputedAligner  # noqa: F401
     from pretokenizer_ita import TweetPreTokenizer
-    from visual_context_ita import VisualContextBuilder, align_images, aligners_for_image, build_aligners
+    from visual_context_ita import ContextCache, TweetImage, VisualContextBuilder, build_aligners, contexts_for_tweets
 
 logger = logging.get_logger(__name__)
 
@@ -61,6 +70,10 @@ AGGREGATION_STRATEGIES = ("none", "simple")
 # Encoders whose position ids start after the padding index, so `padding_idx + 1` positions are unusable.
 _OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
 _INPUT_KEYS = ("text", "tokens", "image", "image_id", "visual_context")
+# The call arguments of the image → context step (`_with_contexts`); the others are `preprocess`'s.
+_CONTEXT_PARAMS = ("visual_context", "timeout", "max_image_bytes", "max_image_pixels")
+# `context_sources` of a tweet whose visual context the caller gave.
+GIVEN_CONTEXT_SOURCE = "visual_context:given"
 
 
 @dataclass
@@ -75,6 +88,8 @@ class TweetInput:
     words: list[str]
     offsets: list[tuple[int, int]]  # character span of each word in `text`
     visual_context: str
+    context_sources: list[str]  # what `visual_context` holds, as "<segment>:<aligner type>"
+    alignment_error: str  # why the image gave less than it could ("" when nothing went wrong)
 
 
 @dataclass
@@ -131,6 +146,9 @@ class MultimodalNERPipeline(ChunkPipeline):
             Aligners (objects of `aligners_ita`, or their `to_dict()` specs) that turn an image into visual
             context, used instead of the checkpoint's `config.aligners` and `config.live_aligners`. `[]` tags text
             only. Built once, when the pipeline is created.
+        context_cache_size (`int`, *optional*, defaults to 1024):
+            Visual contexts kept, so that an (image, tweet) pair seen again (a retweet, a meme) is not aligned again;
+            0 keeps none. Contexts whose making failed are not kept.
         context_dir (`str` or `os.PathLike`, *optional*):
             A folder holding the precomputed-context files the checkpoint records (by name and sha256 in
             `config.aligners`), searched before the checkpoint's own folder. These files are looked up nowhere else,
@@ -155,6 +173,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         aligners: None | Aligner | dict | list = None,
         context_dir: str | os.PathLike | None = None,
         pre_tokenizer: Any = None,
+        context_cache_size: int = 1024,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -171,6 +190,13 @@ class MultimodalNERPipeline(ChunkPipeline):
         self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else TweetPreTokenizer()
         self.context_builder = VisualContextBuilder.from_config(config)
         self.aligners, self.live_aligners = build_aligners(config, aligners, context_dir)
+        self.context_cache = ContextCache(context_cache_size)
+        self._no_aligners = (
+            "the pipeline was given no aligner (aligners=[]), so images are not read"
+            if aligners is not None
+            else "this checkpoint records no aligner that can be built here (see the warning when the pipeline was "
+            "created), so images are not read: pass aligners= to the pipeline"
+        )
         self.max_length = self._encoder_limit()
         # One encoding now resets any truncation or padding another user of this tokenizer set: the pipeline's
         # own calls never change those settings, so threads can then share the tokenizer (see `encoding_ita`).
@@ -267,7 +293,10 @@ class MultimodalNERPipeline(ChunkPipeline):
                 Words (`entity`) and spans (`entity_group`) with these labels are left out, as in
                 `TokenClassificationPipeline`; `[]` returns every word (`aggregation_strategy="none"`).
             return_visual_context (`bool`, *optional*, defaults to `False`):
-                Return `{"entities": [...], "visual_context": str}` instead of the list of entities.
+                Return `{"entities": [...], "visual_context": str, "context_sources": [...], "alignment_error": str}`
+                instead of the list of entities: the text the image became, what it holds (`"<segment>:<aligner
+                type>"`, or `"visual_context:given"`), and why the image gave no context or less than it could (it
+                could not be read, an aligner failed, no aligner reads new images; "" when nothing went wrong).
             stride (`int`, *optional*, defaults to 16):
                 Words shared by consecutive windows when a tweet is longer than the encoder's limit.
             timeout (`float`, *optional*, defaults to 10):
@@ -288,21 +317,10 @@ class MultimodalNERPipeline(ChunkPipeline):
             )
         return super().__call__(_normalized_inputs(text, image, is_split_into_words), **kwargs)
 
-    def preprocess(
-        self,
-        inputs: dict[str, Any],
-        visual_context: str | None = None,
-        stride: int = 16,
-        timeout: float = DEFAULT_IMAGE_TIMEOUT,
-        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        max_image_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> Iterator[dict[str, Any]]:
+    def preprocess(self, inputs: dict[str, Any], stride: int = 16) -> Iterator[dict[str, Any]]:
         text, words, offsets = _split_words(inputs["text"], self.pre_tokenizer)
-        context = inputs["visual_context"] if inputs["visual_context"] is not None else visual_context
-        if context is None:
-            limits = {"timeout": timeout, "max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
-            context = self._align(inputs, **limits) if words else ""
-        item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
+        context = inputs["visual_context"]
+        item = TweetInput(text, words, offsets, context, inputs["context_sources"], inputs["alignment_error"])
         if not words:
             yield {"window": TweetWindow((0, 0), None), "item": item, "is_last": True}
             return
@@ -310,33 +328,83 @@ class MultimodalNERPipeline(ChunkPipeline):
         for index, (span, features) in enumerate(windows):
             yield {"window": TweetWindow(span, features), "item": item, "is_last": index == len(windows) - 1}
 
-    def _align(self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int) -> str:
-        """The visual context of one input (`visual_context_ita.align_images`); "" and one warning when it fails.
+    def _with_contexts(
+        self,
+        inputs: Iterable[dict[str, Any]],
+        batch_size: int,
+        visual_context: str | None = None,
+        timeout: float = DEFAULT_IMAGE_TIMEOUT,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Iterator[dict[str, Any]]:
+        """Image (+ tweet) → context, the pipeline's first step, `batch_size` tweets at a time.
 
-        The image, whatever its form, is read by `images_ita.load_image` within the call's limits; an image that no
-        precomputed aligner knows gets its context from the live aligners (`visual_context_ita.aligners_for_image`).
+        Each aligner runs once per batch (a captioner or vision-language model on a GPU then runs batched). Each input comes out with its `visual_context`, `context_sources` and `alignment_error`. The image, whatever
+        its form, is read by `images_ita.load_image` within the call's limits; a context the caller gave is used as
+        it is; everything else is `visual_context_ita.contexts_for_tweets`'s.
         """
-        image, image_id = inputs["image"], inputs["image_id"]
-        if not (self.aligners or self.live_aligners) or (image is None and image_id is None):
-            return ""
-        image_id = image_id if image_id is not None else image_id_from_source(image)
-        aligners = aligners_for_image(self.aligners, self.live_aligners, image_id)
-        picture, problem = None, None
-        if image is not None and any(aligner.needs_images for aligner in aligners):
-            try:
-                picture = load_image(image, max_pixels, max_bytes=max_bytes, timeout=timeout)
-            except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
-                # The loader's messages name the image, base64 shortened to a preview.
-                problem = f"cannot read the image ({type(err).__name__}: {err})"
-        [context] = align_images([picture], [image_id], aligners, self.context_builder, [problem])
-        if context.errors:
-            fallback = "tagging it text-only" if not context.text else "using the context of the other aligners"
-            logger.warning(f"{'; '.join(context.errors)}: {fallback}.")
-        return context.text
+        load = functools.partial(load_image, max_pixels=max_image_pixels, max_bytes=max_image_bytes, timeout=timeout)
+        batch: list[dict[str, Any]] = []
+        for element in inputs:
+            batch.append(element)
+            if len(batch) >= batch_size:
+                yield from self._contexts(batch, visual_context, load)
+                batch = []
+        yield from self._contexts(batch, visual_context, load)
+
+    def _contexts(self, batch: list[dict[str, Any]], visual_context: str | None, load: Any) -> list[dict[str, Any]]:
+        """The inputs of a batch with their visual contexts (see `_with_contexts`)."""
+        given = [
+            element["visual_context"] if element["visual_context"] is not None else visual_context for element in batch
+        ]
+        # A tweet without a word is tagged without reading its image.
+        pending = [i for i, element in enumerate(batch) if given[i] is None and _has_text(element["text"])]
+        tweets = [
+            TweetImage(
+                image=batch[i]["image"],
+                image_id=batch[i]["image_id"]
+                if batch[i]["image_id"] is not None
+                else image_id_from_source(batch[i]["image"]),
+                text=batch[i]["text"] if isinstance(batch[i]["text"], str) else " ".join(batch[i]["text"]),
+            )
+            for i in pending
+        ]
+        made = dict(
+            zip(
+                pending,
+                contexts_for_tweets(
+                    tweets,
+                    self.aligners,
+                    self.live_aligners,
+                    self.context_builder,
+                    load,
+                    self.context_cache,
+                    self._no_aligners,
+                ),
+            )
+        )
+        out = []
+        for index, element in enumerate(batch):
+            context = made.get(index)
+            if context is None:
+                text, sources, error = given[index] or "", [GIVEN_CONTEXT_SOURCE] if given[index] else [], ""
+            else:
+                text, sources = context.text, context.sources
+                error = "; ".join([*context.errors, *filter(None, [context.unread])])
+                # Why no aligner read an image is the caller's to see (`return_visual_context`); the server log said
+                # once, when the pipeline was built, which recorded aligners cannot be built here.
+                if context.errors:
+                    fallback = "tagging it text-only" if not text else "using the context of the other aligners"
+                    logger.warning(f"{'; '.join(context.errors)}: {fallback}.")
+            out.append({**element, "visual_context": text, "context_sources": sources, "alignment_error": error})
+        return out
 
     def get_iterator(
         self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params, postprocess_params
     ):
+        context_params = {name: value for name, value in preprocess_params.items() if name in _CONTEXT_PARAMS}
+        preprocess_params = {name: value for name, value in preprocess_params.items() if name not in _CONTEXT_PARAMS}
+        inputs = self._with_contexts(inputs, batch_size, **context_params)
         if num_workers or batch_size != 1:
             return super().get_iterator(
                 inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
@@ -424,7 +492,12 @@ class MultimodalNERPipeline(ChunkPipeline):
                 if entity.get("entity") not in ignore_labels and entity.get("entity_group") not in ignore_labels
             ]
         if return_visual_context:
-            return {"entities": entities, "visual_context": item.visual_context}
+            return {
+                "entities": entities,
+                "visual_context": item.visual_context,
+                "context_sources": item.context_sources,
+                "alignment_error": item.alignment_error,
+            }
         return entities
 
 
@@ -476,6 +549,10 @@ def _normalized_inputs(text: Any, image: Any, is_split_into_words: bool) -> Any:
         # datasets), so rows are read through one.
         return (_input_dict(element, None) for element in text)
     raise TypeError(f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list.")
+
+
+def _has_text(text: str | list[str]) -> bool:
+    return bool(text.strip()) if isinstance(text, str) else bool(text)
 
 
 def _is_word_list(value: Any) -> bool:

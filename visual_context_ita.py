@@ -11,8 +11,11 @@ Remote code: imports only the standard library, transformers and its sibling mod
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 from transformers.utils import logging
 
 try:
-    from .aligners_ita import ALIGNER_TYPES, SEGMENTS, Aligner, Segments, normalize_text
+    from .aligners_ita import ALIGNER_TYPES, SEGMENTS, Aligner, PartialAlignment, Segments, normalize_text
     from .configuration_ita import (
         CONTEXT_BUILDER_FIELDS,
         DEFAULT_CONTEXT_ORDER,
@@ -29,10 +32,11 @@ try:
         validate_context_builder,
     )
 
-    # Imported for its aligner type: it registers `precomputed` in ALIGNER_TYPES.
+    # Imported for their aligner types: they register `image-text-to-text`, `chat-completions` and `precomputed`.
+    from .knowledge_ita import ChatCompletionsAligner, ImageTextToTextAligner
     from .precomputed_ita import PrecomputedAligner
 except ImportError:
-    from aligners_ita import ALIGNER_TYPES, SEGMENTS, Aligner, Segments, normalize_text
+    from aligners_ita import ALIGNER_TYPES, SEGMENTS, Aligner, PartialAlignment, Segments, normalize_text
     from configuration_ita import (
         CONTEXT_BUILDER_FIELDS,
         DEFAULT_CONTEXT_ORDER,
@@ -40,6 +44,7 @@ except ImportError:
         DEFAULT_PIECE_SEPARATORS,
         validate_context_builder,
     )
+    from knowledge_ita import ChatCompletionsAligner, ImageTextToTextAligner  # noqa: F401
     from precomputed_ita import PrecomputedAligner  # noqa: F401
 
 logger = logging.get_logger(__name__)
@@ -203,6 +208,167 @@ def aligners_for_image(
     return list(aligners)
 
 
+@dataclass
+class TweetImage:
+    """One tweet's image, on its way to a visual context (`contexts_for_tweets`).
+
+    Args:
+        image: The image in any form `images_ita.load_image` reads (a PIL image, a path, a URL, base64, bytes), or
+            `None` when the tweet has no image (an `image_id` alone still finds precomputed contexts).
+        image_id: The image's id, by which precomputed contexts are looked up; `None` when it has none.
+        text: The tweet, read by aligners with `needs_text`.
+    """
+
+    image: Any
+    image_id: str | None
+    text: str
+
+
+class ContextCache:
+    """A bounded, thread-safe memory of visual contexts: an (image, tweet) pair seen again is not aligned again.
+
+    Retweets and memes repeat; a vision-language model's answer costs seconds. Keys name the aligners that made the
+    context, the image's pixels and id, and the tweet when an aligner read it; the least recently used entry is
+    dropped beyond `max_size`. Contexts with errors are not kept, so a failure (an endpoint that was down) is retried.
+
+    Args:
+        max_size: Contexts kept at most (0 keeps none).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+            raise ValueError(f"the context cache size must be an int >= 0, got {max_size!r}")
+        self.max_size = max_size
+        self._entries: OrderedDict[tuple, VisualContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> VisualContext | None:
+        with self._lock:
+            context = self._entries.get(key)
+            if context is not None:
+                self._entries.move_to_end(key)
+            return context
+
+    def put(self, key: tuple, context: VisualContext) -> None:
+        if self.max_size == 0 or context.errors:
+            return
+        with self._lock:
+            self._entries[key] = context
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_size:
+                self._entries.popitem(last=False)
+
+
+def contexts_for_tweets(
+    tweets: Sequence[TweetImage],
+    aligners: Sequence[Aligner],
+    live_aligners: Sequence[Aligner],
+    builder: VisualContextBuilder,
+    load: Callable[[Any], Any],
+    cache: ContextCache | None = None,
+    no_aligners: str = "no aligner was given to read images",
+) -> list[VisualContext]:
+    """The pipeline's image (+ tweet) → context step, for a batch of tweets: each aligner runs once per batch.
+
+    Tweets are grouped by the aligners their image needs (`aligners_for_image`: the live aligners stand in for
+    precomputed contexts an image has none of), each group's images are read by `load` and aligned together with
+    `align_images`, and contexts already in `cache` are taken from it. A tweet whose image gives no context says why
+    in its `errors`: the image could not be read, an aligner failed, or no aligner could read it.
+
+    Args:
+        tweets: The tweets' images, ids and texts.
+        aligners: The aligners run for every image (see `build_aligners`).
+        live_aligners: The aligners run instead of the precomputed ones for images those do not know.
+        builder: Joins each image's segments into its context.
+        load: Reads an image source into an RGB `PIL.Image` (the pipeline's `load_image` with its limits); its
+            exception's message is the tweet's error.
+        cache: Contexts already made by this pipeline (`None`: none kept).
+        no_aligners: Why there are no aligners at all, said for each image that then gives no context.
+
+    Returns:
+        One `VisualContext` per tweet; an empty one, without errors, for a tweet with no image or id.
+    """
+    contexts: list[VisualContext | None] = [None] * len(tweets)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    chosen: dict[tuple[int, ...], list[Aligner]] = {}
+    for index, tweet in enumerate(tweets):
+        if tweet.image is None and tweet.image_id is None:
+            contexts[index] = _empty_context()
+            continue
+        group = aligners_for_image(aligners, live_aligners, tweet.image_id)
+        readers = [a for a in group if a.needs_images or not a.precomputed or a.knows(tweet.image_id or "")]
+        if not readers or (tweet.image is None and all(a.needs_images for a in readers)):
+            contexts[index] = _empty_context(_why_unread(tweet, group, live_aligners, no_aligners))
+            continue
+        key = tuple(id(aligner) for aligner in group)
+        chosen[key] = group
+        groups.setdefault(key, []).append(index)
+    for key, indices in groups.items():
+        group = chosen[key]
+        needs_pixels, needs_text = any(a.needs_images for a in group), any(a.needs_text for a in group)
+        pictures, problems, cache_keys, missing = {}, {}, {}, []
+        for index in indices:
+            tweet = tweets[index]
+            pictures[index] = problems[index] = None
+            if needs_pixels and tweet.image is not None:
+                try:
+                    pictures[index] = load(tweet.image)
+                except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
+                    problems[index] = f"cannot read the image ({type(err).__name__}: {err})"
+            # Precomputed lookups cost nothing: only contexts a model or an engine computed are kept.
+            cacheable = cache is not None and problems[index] is None and (needs_pixels or needs_text)
+            if cacheable:
+                pixels = pictures[index]
+                digest = None if pixels is None else _pixels_digest(pixels)
+                cache_keys[index] = (key, digest, tweet.image_id, tweet.text if needs_text else None)
+                contexts[index] = cache.get(cache_keys[index])
+            if contexts[index] is None:
+                missing.append(index)
+        if not missing:
+            continue
+        made = align_images(
+            [pictures[i] for i in missing],
+            [tweets[i].image_id for i in missing],
+            group,
+            builder,
+            [problems[i] for i in missing],
+            [tweets[i].text for i in missing],
+        )
+        for index, context in zip(missing, made):
+            contexts[index] = context
+            if index in cache_keys:
+                cache.put(cache_keys[index], context)
+    return contexts
+
+
+def _empty_context(unread: str = "") -> VisualContext:
+    return VisualContext("", {name: [] for name in SEGMENTS}, [], [], unread)
+
+
+def _why_unread(tweet: TweetImage, group: Sequence[Aligner], live_aligners: Sequence[Aligner], no_aligners: str) -> str:
+    """Why no aligner can read a tweet's image, and what would (the same words for every image, so said once)."""
+    if not group:
+        return no_aligners
+    if tweet.image is None:
+        return "no precomputed context for this image id, and no image given to the aligners that read pixels"
+    if not live_aligners:
+        return (
+            "no precomputed context for this image id, and no live aligner reads new images (train with "
+            "--live_aligner, or pass aligners= to the pipeline)"
+        )
+    return "no aligner can read this image"
+
+
+def _pixels_digest(image: Any) -> str:
+    """A digest of an image's pixels: the same picture however it was given (path, URL, bytes) gives the same one."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
+
+
 class VisualContextBuilder:
     """Join aligned segments into the visual-context string the encoder reads after the tweet.
 
@@ -297,12 +463,15 @@ class VisualContext:
             empty), then any other name an aligner gave.
         sources: What `text` holds, as `"<segment>:<aligner type>"` in context order (e.g. `"caption:precomputed"`).
         errors: What went wrong for this image (it could not be read, an aligner failed on it); empty when nothing did.
+        unread: Why no aligner could read the image at all (e.g. a checkpoint trained on precomputed contexts has no
+            live aligner for a new image); "" when one could.
     """
 
     text: str
     segments: Segments
     sources: list[str]
     errors: list[str]
+    unread: str = ""
 
 
 def align_images(
@@ -311,13 +480,17 @@ def align_images(
     aligners: Sequence[Aligner],
     builder: VisualContextBuilder,
     load_errors: Sequence[str | None] | None = None,
+    texts: Sequence[str | None] | None = None,
 ) -> list[VisualContext]:
-    """Image → context: runs the aligners on a batch of images and joins each image's segments into its context.
+    """Image (+ tweet) → context: runs the aligners on a batch of images and joins each image's segments into its context.
 
-    Each aligner runs once on the batch, on the images it can read: the images given, for aligners that need the
-    pixels; the image ids given, for precomputed ones. It never raises for a failing aligner: a batch it fails on is
-    run again image by image, so that only the images it fails on lose its segments, and each failure is recorded
-    in that image's `errors` (as `"<aligner type>: <exception type>: <message>"`).
+    Each aligner runs once on the batch, in the given order, on the images it can read: the images given, for
+    aligners that need the pixels; the image ids given, for precomputed ones; any image given by pixels or id, for
+    aligners that read only the tweet and earlier segments (a text-only language model reading a caption).
+    Aligners with `needs_text` also get each image's tweet and the segments the aligners before them produced.
+    It never raises for a failing aligner: a batch it fails on is run again image by image, so that only the images
+    it fails on lose its segments, and each failure is recorded in that image's `errors` (as
+    `"<aligner type>: <exception type>: <message>"`).
 
     Args:
         images: RGB `PIL.Image` objects, `None` for an image that is absent or could not be read.
@@ -325,27 +498,32 @@ def align_images(
         aligners: Run in this order; the pieces of a segment from several aligners follow this order.
         builder: Joins each image's segments into its context.
         load_errors: Why each image could not be read (`None` or "" when it was), listed first in its `errors`.
+        texts: Each image's tweet (`None` when unknown), read by aligners with `needs_text`.
 
     Returns:
         One `VisualContext` per image.
     """
     size = len(images)
     load_errors = [None] * size if load_errors is None else load_errors
-    if len(image_ids) != size or len(load_errors) != size:
+    texts = [None] * size if texts is None else texts
+    if not len(image_ids) == len(load_errors) == len(texts) == size:
         raise ValueError(
-            f"give one image id and one load error per image: got {size} images, {len(image_ids)} image ids and "
-            f"{len(load_errors)} load errors"
+            f"give one image id, load error and text per image: got {size} images, {len(image_ids)} image ids, "
+            f"{len(load_errors)} load errors and {len(texts)} texts"
         )
     errors = [[error] if error else [] for error in load_errors]
     segments: list[Segments] = [{name: [] for name in SEGMENTS} for _ in range(size)]
     producers: list[dict[str, list[str]]] = [{} for _ in range(size)]
     for aligner in aligners:
-        inputs = images if aligner.needs_images else image_ids
-        chosen = [i for i in range(size) if inputs[i] is not None]
-        results = _run(
-            aligner, [images[i] for i in chosen], [image_ids[i] for i in chosen], [errors[i] for i in chosen]
+        chosen = [i for i in range(size) if _reads(aligner, images[i], image_ids[i])]
+        batch = _Batch(
+            [images[i] for i in chosen],
+            [image_ids[i] for i in chosen],
+            [texts[i] for i in chosen],
+            [segments[i] for i in chosen],
+            [errors[i] for i in chosen],
         )
-        for i, result in zip(chosen, results):
+        for i, result in zip(chosen, _run(aligner, batch)):
             for name, pieces in result.items():
                 if pieces:
                     segments[i].setdefault(name, []).extend(pieces)
@@ -359,23 +537,58 @@ def align_images(
     return contexts
 
 
-def _run(aligner: Aligner, images: list[Any], image_ids: list[str | None], errors: list[list[str]]) -> list[Segments]:
-    """The aligner's segments of each image; a batch it fails on is run image by image, each failure in `errors`."""
-    if not images:
+def _reads(aligner: Aligner, image: Any, image_id: str | None) -> bool:
+    """Whether `aligner` can align an image given by these pixels (None when absent) and this id."""
+    if aligner.needs_images:
+        return image is not None
+    if aligner.precomputed:
+        return image_id is not None
+    return image is not None or image_id is not None
+
+
+@dataclass
+class _Batch:
+    """What one aligner is run on: the images it reads, with their ids, tweets, segments so far and error lists."""
+
+    images: list[Any]
+    image_ids: list[str | None]
+    texts: list[str | None]
+    segments: list[Segments]
+    errors: list[list[str]]
+
+    def item(self, index: int) -> _Batch:
+        return _Batch(
+            *([field[index]] for field in (self.images, self.image_ids, self.texts, self.segments, self.errors))
+        )
+
+
+def _align(aligner: Aligner, batch: _Batch) -> list[Segments]:
+    if aligner.needs_text:
+        return aligner.align(batch.images, batch.image_ids, texts=batch.texts, segments=batch.segments)
+    return aligner.align(batch.images, batch.image_ids)
+
+
+def _run(aligner: Aligner, batch: _Batch) -> list[Segments]:
+    """The aligner's segments of each image; a batch it fails on is run image by image, each failure in `errors`.
+
+    An aligner that reports which images failed (`PartialAlignment`) is not run again.
+    """
+    if not batch.images:
         return []
     try:
-        return aligner.align(images, image_ids)
+        return _align(aligner, batch)
+    except PartialAlignment as partial:
+        for image_errors, error in zip(batch.errors, partial.errors):
+            if error:
+                image_errors.append(f"{aligner.type}: {error}")
+        return partial.results
     except Exception as err:  # noqa: BLE001 - one bad image must not cost the batch: retried image by image below.
-        if len(images) == 1:
-            errors[0].append(_failure(aligner, err))
+        if len(batch.images) == 1:
+            batch.errors[0].append(_failure(aligner, err))
             return [{}]
     results = []
-    for image, image_id, image_errors in zip(images, image_ids, errors):
-        try:
-            results.append(aligner.align([image], [image_id])[0])
-        except Exception as err:  # noqa: BLE001 - recorded for the image, never lost.
-            image_errors.append(_failure(aligner, err))
-            results.append({})
+    for index in range(len(batch.images)):
+        results.extend(_run(aligner, batch.item(index)))
     return results
 
 

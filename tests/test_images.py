@@ -573,8 +573,12 @@ def recorder():
 def ner(minilm_tokenizer, recorder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # No context cache: these tests count what reaches the aligner for every form and limit of one picture.
     yield MultimodalNERPipeline(
-        model=tiny_ita_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer, aligners=[recorder]
+        model=tiny_ita_model(minilm_tokenizer, seed=0),
+        tokenizer=minilm_tokenizer,
+        aligners=[recorder],
+        context_cache_size=0,
     )
     torch.set_num_threads(threads)
 
@@ -592,7 +596,12 @@ def test_every_source_reaches_the_aligners_as_the_same_picture(ner, recorder, tm
             continue
         recorder.received.clear()
         result = ner(TWEET, image=source, return_visual_context=True, timeout=TIMEOUT, **ALL_WORDS)
-        assert result == {"entities": with_context, "visual_context": "picture 20 by 40"}, form
+        assert result == {
+            "entities": with_context,
+            "visual_context": "picture 20 by 40",
+            "context_sources": ["caption:test-recording"],
+            "alignment_error": "",
+        }, form
         [image] = recorder.received
         assert (image.mode, image.size, image.tobytes()) == ("RGB", expected.size, expected.tobytes()), form
 
@@ -623,7 +632,8 @@ def test_a_bad_image_url_costs_one_warning_and_the_tweet_is_tagged_text_only(
         result, seconds = timed(
             ner, TWEET, image=server.url + route, timeout=TIMEOUT, return_visual_context=True, **ALL_WORDS
         )
-    assert result == {"entities": text_only, "visual_context": ""}
+    assert result == {**result, "entities": text_only, "visual_context": "", "context_sources": []}
+    assert result["alignment_error"].startswith("cannot read the image (")
     assert recorder.received == []
     warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
@@ -639,7 +649,8 @@ def test_a_bad_base64_image_warns_once_with_a_preview(ner, recorder, caplog):
     recorder.received.clear()
     with caplog.at_level(logging.WARNING):
         result = ner(TWEET, image=junk, return_visual_context=True, **ALL_WORDS)
-    assert result == {"entities": ner(TWEET, visual_context="", **ALL_WORDS), "visual_context": ""}
+    assert result == {**result, "entities": ner(TWEET, visual_context="", **ALL_WORDS), "visual_context": ""}
+    assert "neither an image file nor base64 of an image" in result["alignment_error"]
     [warning] = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
     assert "neither an image file nor base64 of an image" in warning and f"({len(junk)} characters)" in warning
     assert len(warning) < 500 and junk[:200] not in warning

@@ -176,11 +176,8 @@ def test_a_2000_word_text_is_chunked_and_every_word_tagged(tag_all, caplog):
     assert [e["index"] for e in per_word] == list(range(len(words)))
     assert [(e["word"], (e["start"], e["end"])) for e in per_word] == words
     assert [e["entity"] for e in per_word] == ["B-PER"] + ["I-PER"] * (len(words) - 1)
-    windows = tag_all.preprocess(
-        {"text": text, "image": None, "image_id": None, "visual_context": None},
-        visual_context="a crowd in a stadium",
-        stride=8,
-    )
+    item = {"text": text, "visual_context": "a crowd in a stadium", "context_sources": [], "alignment_error": ""}
+    windows = tag_all.preprocess(item, stride=8)
     features = list(windows)
     assert len(features) > 30  # the 64-position encoder really needed many windows
     assert all(
@@ -204,6 +201,8 @@ def test_empty_text_returns_an_empty_list(pipe, text):
     assert pipe(text, is_split_into_words=True, return_visual_context=True, visual_context="a dog") == {
         "entities": [],
         "visual_context": "a dog",
+        "context_sources": ["visual_context:given"],
+        "alignment_error": "",
     }
 
 
@@ -240,7 +239,9 @@ def test_aligners_from_the_config_turn_images_into_context(minilm_tokenizer, pic
     ner = MultimodalNERPipeline(model=model, tokenizer=minilm_tokenizer)
     with_image = ner(TWEETS[1], image=str(picture), return_visual_context=True)
     assert with_image["visual_context"] == "a man holding a basketball"
-    assert with_image == ner(TWEETS[1], visual_context="a man holding a basketball", return_visual_context=True)
+    given = ner(TWEETS[1], visual_context="a man holding a basketball", return_visual_context=True)
+    assert with_image == {**given, "context_sources": ["caption:test-constant-caption"]}
+    assert given["context_sources"] == ["visual_context:given"] and with_image["alignment_error"] == ""
     assert ner(TWEETS[1], image=load_image(picture)) == with_image["entities"]
     assert ner(TWEETS[1], return_visual_context=True)["visual_context"] == ""
     assert ner(TWEETS[1], image=str(picture), visual_context="", return_visual_context=True)["visual_context"] == ""
@@ -259,7 +260,8 @@ def test_unreadable_images_warn_once_and_tag_text_only(minilm_tokenizer, tmp_pat
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             result = ner(TWEETS[0], image=image, return_visual_context=True, timeout=2)
-        assert result == {"entities": text_only, "visual_context": ""}
+        assert result == {**result, "entities": text_only, "visual_context": "", "context_sources": []}
+        assert result["alignment_error"].startswith("cannot read the image (")
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1 and "cannot read the image" in warnings[0].getMessage(), warnings
 
@@ -275,7 +277,13 @@ def test_precomputed_contexts_unavailable_say_so_once_and_run_text_only(minilm_t
     ]
     assert len(warnings) == 1 and "'precomputed' precomputed contexts" in warnings[0] and "text-only" in warnings[0]
     assert ner.aligners == []
-    assert results == [{"entities": ner(TWEETS[1], visual_context=""), "visual_context": ""}] * 3
+    # Each answer says why the image gave nothing; the server log said it once, when the pipeline was built.
+    why = (
+        "this checkpoint records no aligner that can be built here (see the warning when the pipeline was created), "
+        "so images are not read: pass aligners= to the pipeline"
+    )
+    text_only = {"entities": ner(TWEETS[1], visual_context=""), "visual_context": "", "context_sources": []}
+    assert results == [{**text_only, "alignment_error": why}] * 3
 
 
 def test_real_ocr_context_from_a_real_tweet_image(minilm_tokenizer, picture):

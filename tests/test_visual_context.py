@@ -161,7 +161,12 @@ def test_each_aligner_runs_once_on_what_it_can_read_and_a_failing_batch_is_retri
         [],
     ]
     assert contexts[1].segments == {name: [] for name in SEGMENTS}
-    assert contexts[3].segments == {"caption": ["10 by 10", "10 wide"], "objects": ["tag of d"], "ocr": []}
+    assert contexts[3].segments == {
+        "caption": ["10 by 10", "10 wide"],
+        "objects": ["tag of d"],
+        "ocr": [],
+        "knowledge": [],
+    }
     with pytest.raises(ValueError, match="got 4 images, 3 image ids"):
         align_images(images, image_ids[:3], [captioner], VisualContextBuilder())
 
