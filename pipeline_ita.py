@@ -196,6 +196,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         timeout: float | None = None,
         max_image_bytes: int | None = None,
         max_image_pixels: int | None = None,
+        allow_private_urls: bool | None = None,
         aggregation_strategy: str | None = None,
         return_visual_context: bool | None = None,
         ignore_labels: list[str] | None = None,
@@ -216,6 +217,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         # Checked now: inside `preprocess` a bad limit would only make every image fail, each with a warning.
         check_image_limits(**limits)
         preprocess_params.update(limits)
+        if allow_private_urls is not None:
+            if not isinstance(allow_private_urls, bool):
+                raise TypeError(f"`allow_private_urls` must be True or False, got {allow_private_urls!r}.")
+            preprocess_params["allow_private_urls"] = allow_private_urls
         postprocess_params: dict[str, Any] = {}
         if ignore_labels is not None:
             if isinstance(ignore_labels, str) or not all(isinstance(label, str) for label in ignore_labels):
@@ -277,6 +282,11 @@ class MultimodalNERPipeline(ChunkPipeline):
                 Images of more bytes (file, download or decoded base64) are refused, without reading more.
             max_image_pixels (`int`, *optional*, defaults to 64,000,000):
                 Images of more pixels are refused before they are decoded (a small file can declare huge dimensions).
+            allow_private_urls (`bool`, *optional*, defaults to `False`):
+                Let image URLs (and their redirects) reach loopback, private, link-local and other non-public
+                addresses. Off, a URL whose host is or resolves to one is refused before any connection (one warning,
+                the text-only result), so that a service tagging its callers' tweets cannot be made to fetch from
+                inside its own network; turn it on only when every URL is trusted.
 
         Returns:
             A list of entity dicts per tweet (a list of such lists for a batch). `score` is the CRF posterior
@@ -296,12 +306,13 @@ class MultimodalNERPipeline(ChunkPipeline):
         timeout: float = DEFAULT_IMAGE_TIMEOUT,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_private_urls: bool = False,
     ) -> Iterator[dict[str, Any]]:
         text, words, offsets = _split_words(inputs["text"], self.pre_tokenizer)
         context = inputs["visual_context"] if inputs["visual_context"] is not None else visual_context
         if context is None:
             limits = {"timeout": timeout, "max_bytes": max_image_bytes, "max_pixels": max_image_pixels}
-            context = self._align(inputs, **limits) if words else ""
+            context = self._align(inputs, **limits, allow_private_urls=allow_private_urls) if words else ""
         item = TweetInput(text=text, words=words, offsets=offsets, visual_context=context)
         if not words:
             yield {"window": TweetWindow((0, 0), None), "item": item, "is_last": True}
@@ -310,7 +321,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         for index, (span, features) in enumerate(windows):
             yield {"window": TweetWindow(span, features), "item": item, "is_last": index == len(windows) - 1}
 
-    def _align(self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int) -> str:
+    def _align(
+        self, inputs: dict[str, Any], timeout: float, max_bytes: int, max_pixels: int, allow_private_urls: bool
+    ) -> str:
         """The visual context of one input (`visual_context_ita.align_images`); "" and one warning when it fails.
 
         The image, whatever its form, is read by `images_ita.load_image` within the call's limits; an image that no
@@ -324,7 +337,9 @@ class MultimodalNERPipeline(ChunkPipeline):
         picture, problem = None, None
         if image is not None and any(aligner.needs_images for aligner in aligners):
             try:
-                picture = load_image(image, max_pixels, max_bytes=max_bytes, timeout=timeout)
+                picture = load_image(
+                    image, max_pixels, max_bytes=max_bytes, timeout=timeout, allow_private_urls=allow_private_urls
+                )
             except Exception as err:  # noqa: BLE001 - a bad image must never cost the tweet its tags.
                 # The loader's messages name the image, base64 shortened to a preview.
                 problem = f"cannot read the image ({type(err).__name__}: {err})"
