@@ -106,7 +106,7 @@ def test_gradio_client_gets_the_pipelines_answer_and_clear_errors(site, expected
     assert notes.startswith(f"{len(expected[0]['entities'])} entit")
     # An image linked by URL (served on 127.0.0.1) gives the same answer as the same file uploaded.
     with image_server(site["images"]) as files:
-        assert client.predict(TWEET, None, f"{files}/1.jpg", "", api_name="/tag")[2] == expected[1]
+        assert client.predict(TWEET, None, f"{files.url}/1.jpg", "", api_name="/tag")[2] == expected[1]
 
     not_an_image = site["images"] / "not-an-image.jpg"
     not_an_image.write_text("plain text behind a .jpg name")
