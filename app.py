@@ -18,6 +18,11 @@ Settings (a command-line option, else an environment variable):
   `twitter2015/{train,valid,test}.txt`) whose real tweet images become the examples; default `../shared/data` beside
   this checkout when it exists. The images are read where they are, never copied.
 - `--host`, `--port`: default to Gradio's (`GRADIO_SERVER_NAME`, `GRADIO_SERVER_PORT`: 127.0.0.1:7860 locally).
+- `--max-text-chars` / `ITA_MAX_TEXT_CHARS`: the characters a tweet may have (default 2000); a longer one is refused,
+  never cut.
+- `--allow-private-urls` / `ITA_ALLOW_PRIVATE_URLS=1`: let image URLs reach loopback, private, link-local and other
+  non-public addresses. Off by default: a visitor's URL would otherwise make the app fetch from inside its own network
+  (cloud metadata, admin pages); such a URL is not fetched, and the tweet is tagged text-only with a note saying why.
 
 On a Space: upload this file with `requirements-space.txt` as `requirements.txt`, and set `ITA_MODEL` to the Hub id of
 the checkpoint. A bad input (no text, an image that cannot be read, a model that cannot be loaded) is a message in the
@@ -41,6 +46,8 @@ import gradio as gr
 logger = logging.getLogger("ita_app")
 
 REPO = Path(__file__).resolve().parent
+# Characters a tweet may have by default: a tweet has at most 280, and the work grows with the length. The handler
+# (handler.py) has the same cap; this file, uploaded alone to a Space, cannot import it.
 MAX_TEXT_CHARS = 2000
 MAX_UPLOAD = "16mb"
 # Entity colours by type; types beyond these get Gradio's own.
@@ -59,12 +66,23 @@ class Tagger:
         model: The checkpoint folder or Hub id used when the page names no other.
         aligners: Aligner specs used instead of each checkpoint's own, or `None`.
         allow_model_choice: Whether a request may name another checkpoint than `model`.
+        allow_private_urls: Whether image URLs may reach non-public addresses (the pipeline's `allow_private_urls`).
+        max_text_chars: Characters a tweet may have; a longer one is refused.
     """
 
-    def __init__(self, model: str, aligners: list[dict] | None = None, allow_model_choice: bool = False):
+    def __init__(
+        self,
+        model: str,
+        aligners: list[dict] | None = None,
+        allow_model_choice: bool = False,
+        allow_private_urls: bool = False,
+        max_text_chars: int = MAX_TEXT_CHARS,
+    ):
         self.model = model
         self.aligners = aligners
         self.allow_model_choice = allow_model_choice
+        self.allow_private_urls = allow_private_urls
+        self.max_text_chars = max_text_chars
         self._pipelines: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -114,9 +132,10 @@ class Tagger:
             raise gr.Error(
                 "Type a tweet first: the text is what gets tagged (the image only helps).", print_exception=False
             )
-        if len(text) > MAX_TEXT_CHARS:
+        if len(text) > self.max_text_chars:
             raise gr.Error(
-                f"The text has {len(text)} characters; this app tags at most {MAX_TEXT_CHARS}.", print_exception=False
+                f"The text has {len(text)} characters; this app tags at most {self.max_text_chars}.",
+                print_exception=False,
             )
         image_url = (image_url or "").strip()
         if image and image_url:
@@ -132,10 +151,12 @@ class Tagger:
             )
         ner = self.pipeline(name)
         picture = image or image_url or None
+        # Passed only when set: a checkpoint whose pipeline predates the switch still tags.
+        options = {"allow_private_urls": True} if self.allow_private_urls else {}
         start = time.perf_counter()
         with _captured_warnings(type(ner).__module__) as warnings:
             try:
-                result = ner(text, image=picture, return_visual_context=True)
+                result = ner(text, image=picture, return_visual_context=True, **options)
             except (TypeError, ValueError) as err:
                 raise gr.Error(f"The model cannot tag this input: {_first_line(err)}", print_exception=False) from None
             except Exception as err:
@@ -148,7 +169,9 @@ class Tagger:
         entities = result["entities"]
         found = ", ".join(f"{e['entity_group']} “{e['word']}”" for e in entities) or "no entity"
         notes = [f"{len(entities)} entit{'y' if len(entities) == 1 else 'ies'} found in {elapsed:.2f} s: {found}."]
-        notes += [f"⚠️ {warning}" for warning in warnings]
+        # An upload is a file in a folder of the server's, which the page does not show: its name is enough.
+        folder = os.path.join(os.path.dirname(image), "") if image else None
+        notes += [f"⚠️ {warning.replace(folder, '') if folder else warning}" for warning in warnings]
         highlighted = {"text": text, "entities": entities}
         return highlighted, result["visual_context"], result, "\n\n".join(notes)
 
@@ -288,9 +311,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path(default_data), help="data folder for examples (DATA_DIR)")
     parser.add_argument("--host", default=None, help="default: GRADIO_SERVER_NAME, else 127.0.0.1")
     parser.add_argument("--port", type=int, default=None, help="default: GRADIO_SERVER_PORT, else 7860")
+    parser.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=os.environ.get("ITA_MAX_TEXT_CHARS") or MAX_TEXT_CHARS,
+        help=f"characters a tweet may have (ITA_MAX_TEXT_CHARS; default {MAX_TEXT_CHARS})",
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=os.environ.get("ITA_ALLOW_PRIVATE_URLS", "") == "1",
+        help="let image URLs reach loopback and private addresses (ITA_ALLOW_PRIVATE_URLS=1)",
+    )
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("name the model: --model demo-output/model (a checkpoint folder or Hub id), or set ITA_MODEL.")
+    if args.max_text_chars < 1:
+        parser.error("--max-text-chars (ITA_MAX_TEXT_CHARS) must be at least 1.")
     if args.aligners is None and os.environ.get("ITA_ALIGNERS"):
         try:
             args.aligners = json.loads(os.environ["ITA_ALIGNERS"])
@@ -302,7 +339,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tagger = Tagger(args.model, aligners=args.aligners, allow_model_choice=args.allow_model_choice)
+    tagger = Tagger(
+        args.model,
+        aligners=args.aligners,
+        allow_model_choice=args.allow_model_choice,
+        allow_private_urls=args.allow_private_urls,
+        max_text_chars=args.max_text_chars,
+    )
     try:
         tagger.pipeline(args.model)  # fail at start, with the reason, rather than on the first visitor
     except gr.Error as err:

@@ -19,11 +19,17 @@ An `"options"` object (sent by some Inference API clients, e.g. `{"wait_for_mode
 The answer is the pipeline's: a list of entities for one input, a list of such lists for a list of inputs, and
 `{"entities": [...], "visual_context": "..."}` per input with `"parameters": {"return_visual_context": true}`.
 
-A bad payload (not a JSON object, no `inputs`, a wrong type, an unknown parameter, an image that cannot be decoded)
-raises `PayloadError`: its message says what was wrong and what to send instead. Inference Endpoints answers any
-exception raised by a handler with status 400 and `{"error": str(exception)}`; `handler_server.py` answers a
-`PayloadError` with 400 and `PayloadError.to_dict()` (`{"error": ..., "error_type": ...}`). A server-side path is
-never read: an image is an http(s) URL or the image's bytes in base64.
+Limits: at most `MAX_BATCH_SIZE` tweets a request, and at most `max_text_chars` characters a text (a tweet or a
+visual context; default `MAX_TEXT_CHARS`, set by the environment variable `ITA_MAX_TEXT_CHARS`): a text over the cap
+is refused, never cut. Image URLs are fetched by the pipeline from public addresses only: a URL whose host is (or
+resolves to, or redirects to) a loopback, private, link-local or other non-public address is not fetched, and the tweet
+is tagged text-only, unless `ITA_ALLOW_PRIVATE_URLS=1` (for a server whose callers are all trusted).
+
+A bad payload (not a JSON object, no `inputs`, a wrong type, an unknown parameter, an image that cannot be decoded, a
+request over a limit) raises `PayloadError`: its message says what was wrong and what to send instead. Inference
+Endpoints answers any exception raised by a handler with status 400 and `{"error": str(exception)}`;
+`handler_server.py` answers a `PayloadError` with 400 and `PayloadError.to_dict()` (`{"error": ..., "error_type":
+...}`). A server-side path is never read: an image is an http(s) URL or the image's bytes in base64.
 
 Thread safety: the handler keeps no state of its own between calls, so concurrent calls are as safe as the pipeline.
 """
@@ -51,6 +57,12 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "visual_context": (str,),
 }
 MAX_BATCH_SIZE = 64
+# Characters a text may have: a tweet has at most 280, and the work of one grows with its length (900,000 characters
+# held a worker for over a minute). app.py, uploaded alone to a Space, keeps a cap of its own.
+MAX_TEXT_CHARS = 2000
+# The environment variables that configure the handler where its constructor is called for it (Inference Endpoints).
+ALLOW_PRIVATE_URLS_ENV = "ITA_ALLOW_PRIVATE_URLS"
+MAX_TEXT_CHARS_ENV = "ITA_MAX_TEXT_CHARS"
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 # Seconds a client may let the pipeline wait for an image URL, so that no request holds a worker for long.
 MAX_TIMEOUT = 30.0
@@ -84,9 +96,26 @@ class EndpointHandler:
             The checkpoint folder (or Hub id), opened with `transformers.pipeline(model=path, trust_remote_code=True)`;
             `""` is the folder this file is in, i.e. the checkpoint it was copied into. On a GPU machine the model
             runs on the first GPU.
+        allow_private_urls (`bool`, *optional*):
+            Let image URLs reach loopback, private, link-local and other non-public addresses. Defaults to the
+            environment variable `ITA_ALLOW_PRIVATE_URLS` (`1` allows, `0` or unset refuses).
+        max_text_chars (`int`, *optional*):
+            Characters a text (a tweet, or a visual context) may have. Defaults to the environment variable
+            `ITA_MAX_TEXT_CHARS`, else `MAX_TEXT_CHARS`.
+
+    Raises:
+        ValueError: A setting (argument or environment variable) is not valid.
     """
 
-    def __init__(self, path: str = ""):
+    def __init__(self, path: str = "", allow_private_urls: bool | None = None, max_text_chars: int | None = None):
+        self.allow_private_urls = (
+            _env_flag(ALLOW_PRIVATE_URLS_ENV) if allow_private_urls is None else allow_private_urls
+        )
+        self.max_text_chars = (
+            _env_count(MAX_TEXT_CHARS_ENV, MAX_TEXT_CHARS) if max_text_chars is None else max_text_chars
+        )
+        if isinstance(self.max_text_chars, bool) or not isinstance(self.max_text_chars, int) or self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be an integer > 0, got {self.max_text_chars!r}.")
         device = 0 if torch.cuda.is_available() else -1
         model = str(path) or os.path.dirname(os.path.abspath(__file__))
         self.pipeline = pipeline(model=model, trust_remote_code=True, device=device)
@@ -126,6 +155,8 @@ class EndpointHandler:
                 "invalid_payload",
             )
         parameters = self._parameters(data.get("parameters"))
+        if "visual_context" in parameters:
+            self._check_length(parameters["visual_context"], 'Parameter "visual_context"')
         inputs = data["inputs"]
         if isinstance(inputs, list):
             if len(inputs) > MAX_BATCH_SIZE:
@@ -139,6 +170,8 @@ class EndpointHandler:
                 return []
         else:
             tweets = self._tweet(inputs, "inputs")
+        if self.allow_private_urls:  # passed only when set: a pipeline older than the switch still serves the rest
+            parameters["allow_private_urls"] = True
         try:
             return self.pipeline(tweets, **parameters)
         except (TypeError, ValueError) as err:
@@ -180,6 +213,7 @@ class EndpointHandler:
     def _tweet(self, element: Any, where: str) -> dict[str, Any]:
         """One input of the payload as the pipeline's input dict, its image decoded when it is base64."""
         if isinstance(element, str):
+            self._check_length(element, where)
             return {"text": element}
         if not isinstance(element, dict):
             raise PayloadError(
@@ -205,10 +239,23 @@ class EndpointHandler:
                     + (' (write an image id in quotes, e.g. "654").' if key == "image_id" else "."),
                     "invalid_payload",
                 )
+        self._check_length(text, f"{where}.text")
+        if element.get("visual_context") is not None:
+            self._check_length(element["visual_context"], f"{where}.visual_context")
         tweet = {key: element[key] for key in INPUT_KEYS if element.get(key) is not None}
         if "image" in tweet:
             tweet["image"] = self._image(tweet["image"], f"{where}.image")
         return tweet
+
+    def _check_length(self, text: str | list[str], where: str) -> None:
+        """Refuses a text (or a list of words, read with a space between) of more than `max_text_chars` characters."""
+        length = len(text) if isinstance(text, str) else sum(len(word) + 1 for word in text) - 1
+        if length > self.max_text_chars:
+            raise PayloadError(
+                f"{where} has {length} characters, more than the {self.max_text_chars} a text may have here: send a "
+                f"shorter text (the server sets the cap with {MAX_TEXT_CHARS_ENV}).",
+                "invalid_payload",
+            )
 
     def _image(self, image: Any, where: str) -> Any:
         """An http(s) URL as it is (the pipeline fetches it, bounded), or the PIL image a base64 string encodes."""
@@ -243,6 +290,24 @@ class EndpointHandler:
                 f"{where} decodes from base64 to {len(content)} bytes that are not a usable image ({err}).",
                 "invalid_image",
             ) from None
+
+
+def _env_flag(name: str) -> bool:
+    """An on/off environment variable: `1` is on, `0` or unset is off."""
+    value = os.environ.get(name, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"The environment variable {name} must be 1 (on) or 0 (off).")
+    return value == "1"
+
+
+def _env_count(name: str, default: int) -> int:
+    """A positive integer from an environment variable, `default` when it is unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"The environment variable {name} must be a whole number above 0.")
+    return int(value)
 
 
 def _base64_payload(image: str, where: str) -> str:

@@ -15,7 +15,9 @@ The checkpoint's `handler.py` is imported from the checkpoint folder (which goes
     curl -s localhost:8000 -d '{"inputs": "Obama visits Paris"}'
 
 `--port 0` picks a free port; the line `serving <folder> on http://<host>:<port>` on stdout says which, once the
-model is loaded. The server binds 127.0.0.1 unless `--host` says otherwise. Needs the `serve` extra
+model is loaded. The server binds 127.0.0.1 unless `--host` says otherwise. `--max-text-chars N` caps the characters
+of a text (the handler's default otherwise, or its `ITA_MAX_TEXT_CHARS`), and `--allow-private-urls` lets image URLs
+reach loopback and private addresses (as `ITA_ALLOW_PRIVATE_URLS=1` does), which only callers you trust should get. Needs the `serve` extra
 (`pip install -e ".[serve]"`: uvicorn, starlette).
 """
 
@@ -55,13 +57,14 @@ class RequestError(Exception):
         self.error_type = error_type
 
 
-def load_handler(folder: Path, handler_file: Path | None = None) -> Callable[[Any], Any]:
+def load_handler(folder: Path, handler_file: Path | None = None, **options: Any) -> Callable[[Any], Any]:
     """Imports `handler.py` as Inference Endpoints does and builds its `EndpointHandler` on `folder`.
 
     Args:
         folder: The checkpoint folder.
         handler_file: The handler to use; defaults to the checkpoint's own `handler.py`, or this checkout's when the
             checkpoint has none (a checkpoint saved before the handler was part of it).
+        **options: Arguments of `EndpointHandler` (`allow_private_urls`, `max_text_chars`).
     """
     if handler_file is None:
         handler_file = folder / "handler.py"
@@ -76,7 +79,7 @@ def load_handler(folder: Path, handler_file: Path | None = None) -> Callable[[An
     module = importlib.util.module_from_spec(spec)
     sys.modules["handler"] = module
     spec.loader.exec_module(module)
-    return module.EndpointHandler(str(folder))
+    return module.EndpointHandler(str(folder), **options)
 
 
 def create_app(
@@ -178,13 +181,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--handler", type=Path, help="a handler.py to use instead of the checkpoint's")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="handler calls at once")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    parser.add_argument(
+        "--max-text-chars", type=int, help="characters a text may have (default: the handler's, or ITA_MAX_TEXT_CHARS)"
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let image URLs reach loopback and private addresses (default: ITA_ALLOW_PRIVATE_URLS, else refused)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.checkpoint.is_dir():
         parser.error(f"{args.checkpoint} is not a folder: give the checkpoint folder (e.g. demo-output/model).")
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1.")
-    handler = load_handler(args.checkpoint.resolve(), args.handler)
+    if args.max_text_chars is not None and args.max_text_chars < 1:
+        parser.error("--max-text-chars must be at least 1.")
+    # Only the options given: a handler older than them (or another one, with --handler) still loads without.
+    options = {"allow_private_urls": True} if args.allow_private_urls else {}
+    if args.max_text_chars is not None:
+        options["max_text_chars"] = args.max_text_chars
+    handler = load_handler(args.checkpoint.resolve(), args.handler, **options)
     app = create_app(handler, max_body_bytes=args.max_body_bytes, concurrency=args.concurrency)
     # Listening before uvicorn starts, so that the port is known (and printed) when it was 0, and clients that
     # connect at once wait in the backlog instead of being refused.

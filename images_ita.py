@@ -4,6 +4,10 @@
 same upright 8-bit RGB `PIL.Image` for the same picture however it is given; `find_image_file` finds an image of a
 dataset by its id. The aligners (`aligners_ita`) then turn the image into text.
 
+A URL is fetched only from a public address unless its caller opts in (`allow_private_urls=True`): the host is
+resolved within the URL's deadline, every address it resolves to is checked (`private_address_kind`), at the first
+hop and at every redirect, and the connection goes to the address checked, never to a second lookup's.
+
 Remote code: imports only the standard library and numpy. Pillow is imported by name when an image is read
 (`optional_import`, which the aligners use for their optional packages too), so a checkpoint loads without it.
 """
@@ -12,16 +16,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import http.client
 import importlib
 import io
+import ipaddress
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +43,8 @@ DEFAULT_MAX_IMAGE_BYTES: int = 20 * 1024 * 1024
 DEFAULT_IMAGE_TIMEOUT: float = 10.0
 # Redirects followed for an image URL.
 MAX_IMAGE_REDIRECTS: int = 5
+# The only schemes an image URL, or a redirect, may have.
+URL_SCHEMES: tuple[str, ...] = ("http", "https")
 # File extensions tried, in order, when an image is named by its id only.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 
@@ -43,6 +55,9 @@ _PATH_MAX = 4096
 # Characters shown in messages of a path or URL, and of base64 or a data: URI.
 _NAME_CHARS = 300
 _PREVIEW_CHARS = 60
+_URL_PREFIXES = tuple(f"{scheme}://" for scheme in URL_SCHEMES)
+# IPv6 prefix of NAT64 (RFC 6052): its addresses reach the IPv4 address in their last 32 bits.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _DOWNLOAD_CHUNK = 64 * 1024
 _USER_AGENT = "ita-mner image loader (Python urllib)"
 
@@ -114,7 +129,7 @@ def image_source_kind(source: Any) -> str:
         raise TypeError(
             f"an image is a PIL image, a path, an http(s) URL, base64, a data: URI or bytes, not {type(source).__name__}"
         )
-    if source[:8].lower().startswith(("http://", "https://")):
+    if source[:8].lower().startswith(_URL_PREFIXES):
         return "url"
     if source[:5].lower() == "data:":
         return "data"
@@ -153,6 +168,7 @@ def load_image(
     *,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     timeout: float = DEFAULT_IMAGE_TIMEOUT,
+    allow_private_urls: bool = False,
 ) -> Any:
     """Read an image from anywhere, within limits, and return it as an upright RGB `PIL.Image`.
 
@@ -167,8 +183,9 @@ def load_image(
 
     - a `PIL.Image` (its pixel count is checked; it is transposed and converted, never modified in place);
     - a path (`str` or `os.PathLike`);
-    - an `http://` / `https://` URL: at most `timeout` seconds in all, however slowly the server sends and across
-      at most `MAX_IMAGE_REDIRECTS` redirects, and at most `max_bytes` read;
+    - an `http://` / `https://` URL: at most `timeout` seconds in all, host name resolution included, however
+      slowly the server sends and across at most `MAX_IMAGE_REDIRECTS` redirects, and at most `max_bytes` read;
+      only from public addresses unless `allow_private_urls` (see `download`);
     - a `data:image/...;base64,` URI, or a bare base64 string (what JSON payloads carry);
     - the bytes of an image file.
 
@@ -180,7 +197,10 @@ def load_image(
             gigapixel dimensions and exhaust memory when decoded). Pillow refuses more than twice its own
             `Image.MAX_IMAGE_PIXELS` (about 179 million) whatever this is.
         max_bytes: Refuse sources of more bytes than this (files, downloads, decoded base64), without reading more.
-        timeout: Seconds a URL may take in total, from connecting to the last byte, redirects included.
+        timeout: Seconds a URL may take in total, from resolving its host to the last byte, redirects included.
+        allow_private_urls: Let URLs (and their redirects) reach loopback, private, link-local and other non-public
+            addresses. Off by default, so that a service fetching the URLs its callers send cannot be made to reach
+            inside its own network (cloud metadata, admin pages, databases); turn it on only for URLs you trust.
 
     Returns:
         The decoded `PIL.Image.Image` in mode `RGB`.
@@ -188,6 +208,8 @@ def load_image(
     Raises:
         FileNotFoundError: A path that does not exist.
         TimeoutError: A URL took longer than `timeout`.
+        RefusedURLError: A URL, or one of its redirects, leads to a non-public address or to a scheme other than
+            http and https (a `PermissionError`, raised before any connection to that address).
         OSError: A URL could not be fetched (network error, HTTP error status, too many redirects).
         ValueError: The source is not a readable image (not an image, truncated, invalid base64), is too large in
             bytes or pixels, or a limit is not positive.
@@ -198,18 +220,17 @@ def load_image(
     name = _describe_source(source, kind)
     if kind == "pil":
         return _normalize_image(source, name, max_pixels)
-    stream, origin = _image_stream(source, kind, name, max_bytes, timeout)
+    policy = URLPolicy(allow_private=allow_private_urls)
+    stream, origin = _image_stream(source, kind, name, max_bytes, timeout, policy)
     with stream:
         try:
             opened = Image.open(stream)
         except Image.UnidentifiedImageError:
-            size = stream.seek(0, io.SEEK_END)
-            stream.seek(0)
-            head = stream.read(16)
-            what = f"{size} bytes{origin}, starting with {head!r},"
+            # Its size and content type, never its bytes: a URL's answer may be a page that is not the caller's to see.
+            what = f"{stream.seek(0, io.SEEK_END)} bytes{origin}"
             if kind == "base64":
                 raise ValueError(
-                    f"{name} is neither an image file nor base64 of an image: as base64 it decodes to {what} which "
+                    f"{name} is neither an image file nor base64 of an image: as base64 it decodes to {what}, which "
                     "PIL cannot identify as an image"
                 ) from None
             raise ValueError(f"cannot read image {name}: its {what} are not an image PIL can identify") from None
@@ -276,7 +297,9 @@ def _grey_to_8bit(image: Any) -> Any:
     return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8))
 
 
-def _image_stream(source: Any, kind: str, name: str, max_bytes: int, timeout: float) -> tuple[Any, str]:
+def _image_stream(
+    source: Any, kind: str, name: str, max_bytes: int, timeout: float, policy: URLPolicy
+) -> tuple[Any, str]:
     """A binary file of the image's bytes (at most `max_bytes`) and what their origin adds to a message."""
     if kind == "path":
         path = Path(source)
@@ -287,7 +310,8 @@ def _image_stream(source: Any, kind: str, name: str, max_bytes: int, timeout: fl
             raise ValueError(f"image {name} is {size} bytes, more than max_bytes={max_bytes}")
         return open(path, "rb"), ""
     if kind == "url":
-        return _download(source, name, max_bytes, timeout)
+        body, content_type = download(source, max_bytes=max_bytes, timeout=timeout, policy=policy)
+        return body, f" (Content-Type: {content_type[:_PREVIEW_CHARS]})" if content_type else ""
     if kind == "bytes":
         data = bytes(source)
     else:
@@ -317,19 +341,112 @@ def _decode_base64(text: str, kind: str, name: str, max_bytes: int) -> bytes:
         raise ValueError(f"{name} does not hold valid base64 ({err})") from None
 
 
-def _download(url: str, name: str, max_bytes: int, timeout: float) -> tuple[io.BytesIO, str]:
-    """The body of an http(s) URL, read in chunks within one deadline for the whole exchange and at most `max_bytes`.
+def private_address_kind(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The kind of non-public address `address` is, or `None` for a public one: what image URLs may not reach.
+
+    A pure function of the address (no lookup, no packet). The kinds: `"unspecified"` (`0.0.0.0`, `::`),
+    `"loopback"` (`127.0.0.0/8`, `::1`), `"link-local"` (`169.254.0.0/16`, where cloud metadata services answer;
+    `fe80::/10`), `"multicast"`, `"private"` (`10/8`, `172.16/12`, `192.168/16`, `fc00::/7` and the other ranges
+    IANA marks not globally reachable), `"reserved"`, and `"non-global"` for any other address that is not
+    globally reachable (e.g. carrier-grade NAT, `100.64.0.0/10`). An IPv6 address that carries an IPv4 one
+    (IPv4-mapped `::ffff:a.b.c.d`, 6to4 `2002::/16`, NAT64 `64:ff9b::/96`) is of the kind of that IPv4 address,
+    where its packets end up.
+
+    Args:
+        address: An IPv4 or IPv6 address, as text (an IPv6 zone such as `%eth0` allowed) or an `ipaddress` object.
+
+    Raises:
+        ValueError: `address` is not an IP address.
+    """
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return private_address_kind(embedded)
+    kinds = (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),  # some multicast ranges count as global
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("non-global", not ip.is_global),
+    )
+    return next((kind for kind, is_kind in kinds if is_kind), None)
+
+
+class RefusedURLError(PermissionError):
+    """An image URL, or a redirect of one, that leads where image URLs may not go.
+
+    That is a scheme other than http and https, or a host at a non-public address (see `private_address_kind`)
+    without `allow_private_urls`.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class URLPolicy:
+    """Where the URLs of a `download` may lead, and how their host names are resolved.
+
+    Each hop (the URL, then every redirect) resolves its host once, with `resolve`, within the download's deadline;
+    every address the host resolves to must pass `classify` before any connection is made, and the connection goes
+    to one of those very addresses (never to a second lookup's, which a DNS server could answer differently: DNS
+    rebinding). The host name stays the request's `Host` header and, over https, the name TLS checks the
+    certificate against.
+
+    Attributes:
+        allow_private: Let URLs reach any address `resolve` gives, checking none of them.
+        classify: An address (text) → the kind of address refused, or `None` for one allowed; by default
+            `private_address_kind`. Replaceable because tests need it: the only addresses a test may send packets to
+            are loopback ones, so a redirect refused at its hop is tested with a `classify` that allows the first
+            hop's loopback address and refuses the redirect's.
+        resolve: A function with the signature and answers of `socket.getaddrinfo` (tests give a slow one, or one
+            whose answer changes from call to call).
+    """
+
+    allow_private: bool = False
+    classify: Callable[[str], str | None] = private_address_kind
+    resolve: Callable[..., list] = socket.getaddrinfo
+
+
+def download(
+    url: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    timeout: float = DEFAULT_IMAGE_TIMEOUT,
+    policy: URLPolicy = URLPolicy(),
+) -> tuple[io.BytesIO, str]:
+    """The body of an http(s) URL, read within one deadline for the whole exchange and at most `max_bytes`.
+
+    What `load_image` does with a URL before decoding it. The deadline covers resolving the host of every hop (in a
+    thread: a resolver cannot be interrupted), connecting, the redirects and every byte, each read waiting only for
+    the time left. A redirect's own body is never read. Environment proxies are not used: a proxy would resolve and
+    reach the host itself, out of the policy's sight. Errors never quote the server's answer (body, status text,
+    headers), which may come from inside the network.
+
+    Args:
+        url: An `http://` or `https://` URL.
+        max_bytes: Refuse a body of more bytes than this, without reading more.
+        timeout: Seconds the whole download may take.
+        policy: Where the URL and its redirects may lead; by default, public addresses only.
 
     Returns:
-        The body, and the server's content type as message text (a non-image is often an HTML error page).
+        The body, and the server's `Content-Type` ("" when it sends none; a non-image is often an HTML error page).
+
+    Raises:
+        RefusedURLError: The URL or a redirect leads where `policy` refuses to go (before any connection there).
+        TimeoutError: The download took longer than `timeout`.
+        OSError: The URL could not be fetched (network error, HTTP error status, too many redirects).
+        ValueError: The URL is malformed, or the body has more than `max_bytes`.
     """
+    name = _describe_source(url, "url")
+    _check_scheme(url)
     deadline = time.monotonic() + timeout
     opener = urllib.request.OpenerDirector()
     for handler in (
-        urllib.request.ProxyHandler(),
-        urllib.request.UnknownHandler(),
-        _DeadlineHTTPHandler(deadline),
-        _DeadlineHTTPSHandler(deadline),
+        _DeadlineHTTPHandler(deadline, policy),
+        _DeadlineHTTPSHandler(deadline, policy),
         _RedirectHandler(),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
@@ -350,32 +467,113 @@ def _download(url: str, name: str, max_bytes: int, timeout: float) -> tuple[io.B
                 if not chunk:
                     break
                 body.write(chunk)
+    except RefusedURLError as err:
+        raise RefusedURLError(f"cannot fetch image {name}: {err}") from None
     except urllib.error.HTTPError as err:
         err.close()
         if 300 <= err.code < 400:
             raise OSError(
                 f"cannot fetch image {name}: more than {MAX_IMAGE_REDIRECTS} redirects, or a redirect loop "
-                f"(HTTP {err.code} to {err.headers.get('Location')!r})"
+                f"(HTTP {err.code})"
             ) from None
-        raise OSError(f"cannot fetch image {name}: the server answered HTTP {err.code} {err.reason}") from None
+        raise OSError(f"cannot fetch image {name}: the server answered HTTP {err.code}") from None
     except urllib.error.URLError as err:
-        if not isinstance(err.reason, TimeoutError):
-            raise OSError(f"cannot fetch image {name}: {err.reason}") from None
-        raise _url_timeout(name, timeout, body.tell()) from None
+        if isinstance(err.reason, TimeoutError):
+            raise _url_timeout(name, timeout, body.tell()) from None
+        error = RefusedURLError if isinstance(err.reason, RefusedURLError) else OSError
+        raise error(f"cannot fetch image {name}: {err.reason}") from None
     except TimeoutError:
         raise _url_timeout(name, timeout, body.tell()) from None
     except OSError as err:  # e.g. the connection reset while reading the body
         raise OSError(f"cannot fetch image {name}: {err}") from None
+    except http.client.InvalidURL as err:
+        raise ValueError(f"{name} is not a valid URL ({err})") from None
     except http.client.HTTPException as err:
-        raise OSError(f"cannot fetch image {name}: the connection broke ({type(err).__name__}: {err})") from None
+        # By its type only: the message of some (BadStatusLine) is the first line the server sent.
+        raise OSError(
+            f"cannot fetch image {name}: the connection broke, or the answer is not HTTP ({type(err).__name__})"
+        ) from None
     if body.tell() > max_bytes:
         raise ValueError(f"image {name} is more than max_bytes={max_bytes} bytes: stopped reading there")
     body.seek(0)
-    return body, f" (Content-Type: {content_type})" if content_type else ""
+    return body, content_type
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in URL_SCHEMES:
+        raise RefusedURLError(
+            f"{url[:_NAME_CHARS]!r} is a {scheme or 'relative'} URL: image URLs and their redirects are http or https only"
+        )
 
 
 def _url_timeout(name: str, timeout: float, received: int) -> TimeoutError:
     return TimeoutError(f"image {name} did not arrive within timeout={timeout:g}s ({received} bytes of it received)")
+
+
+def _time_left(deadline: float) -> float:
+    """Seconds until `deadline`; `TimeoutError` when it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline reached")
+    return left
+
+
+def _before(deadline: float, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`, given until `deadline` to return; `TimeoutError` when it has not.
+
+    For host name resolution, which takes no timeout: `getaddrinfo` waits as long as the system's resolver does
+    (seconds an attempt, several attempts). It runs in a daemon thread, left to finish in the background, its answer
+    dropped, when the deadline comes first.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(*args, **kwargs)))
+        except Exception as err:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            outcome.append((False, err))
+
+    thread = threading.Thread(target=run, name="image-url-resolver", daemon=True)
+    thread.start()
+    thread.join(_time_left(deadline))
+    if not outcome:
+        raise TimeoutError("deadline reached while resolving the host")
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
+
+
+def _connect_checked(address: tuple[str, int], *_: Any, deadline: float, policy: URLPolicy) -> socket.socket:
+    """A socket connected to `address`'s host at an address `policy` allows, the host resolved once, by the deadline.
+
+    Stands in for `socket.create_connection` in `http.client`; its timeout and source address are not used (the
+    deadline bounds every step; no source address is ever set).
+    """
+    host, port = address
+    found = _before(deadline, policy.resolve, host, port, type=socket.SOCK_STREAM)
+    if not policy.allow_private:
+        for *_, sockaddr in found:
+            kind = policy.classify(sockaddr[0])
+            if kind is not None:
+                raise RefusedURLError(
+                    f"the host {host!r} {'is' if sockaddr[0] == host else 'resolves to'} a non-public address ({kind}): "
+                    "image URLs may lead to public addresses only, so that no caller can reach inside the network. "
+                    "If every URL is trusted, allow them with allow_private_urls=True (ITA_ALLOW_PRIVATE_URLS=1 for "
+                    "the handler and the app)."
+                )
+    error = OSError(f"the host {host!r} resolves to no address")
+    for family, kind, proto, _, sockaddr in found:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_time_left(deadline))
+            sock.connect(sockaddr)
+            return sock
+        except OSError as err:  # a timeout included: the next address then fails at once with it
+            sock.close()
+            error = err
+    raise error
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -391,10 +589,7 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline reached")
-        self._sock.settimeout(left)
+        self._sock.settimeout(_time_left(self._deadline))
         return self._stream.readinto1(buffer)
 
     def close(self) -> None:
@@ -411,15 +606,14 @@ class _DeadlineResponse(http.client.HTTPResponse):
 
 
 class _DeadlineConnection:
-    """Connects within the time left to the deadline and reads its responses as `_DeadlineResponse`."""
+    """Connects within the time left, to an address `policy` allows, and reads its responses as `_DeadlineResponse`."""
 
-    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline reached")
-        kwargs["timeout"] = left
+    def __init__(self, *args: Any, deadline: float, policy: URLPolicy, **kwargs: Any) -> None:
+        kwargs["timeout"] = _time_left(deadline)
         super().__init__(*args, **kwargs)
         self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+        # What `connect` opens its socket with (HTTPS's too, before the TLS handshake on the host name).
+        self._create_connection = functools.partial(_connect_checked, deadline=deadline, policy=policy)
 
 
 class _DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
@@ -431,25 +625,41 @@ class _DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection)
 
 
 class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, policy: URLPolicy) -> None:
         super().__init__()
-        self.deadline = deadline
+        self.deadline, self.policy = deadline, policy
 
     def http_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(_DeadlineHTTPConnection, req, deadline=self.deadline)
+        return self.do_open(_DeadlineHTTPConnection, req, deadline=self.deadline, policy=self.policy)
 
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, policy: URLPolicy) -> None:
         super().__init__()
-        self.deadline = deadline
+        self.deadline, self.policy = deadline, policy
 
     def https_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(_DeadlineHTTPSConnection, req, context=self._context, deadline=self.deadline)
+        return self.do_open(
+            _DeadlineHTTPSConnection, req, context=self._context, deadline=self.deadline, policy=self.policy
+        )
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows at most `MAX_IMAGE_REDIRECTS` redirects, to http and https URLs only, without reading their bodies.
+
+    The base class reads a redirect's body whole: as much memory as arrives before the deadline.
+    """
+
     max_redirections = MAX_IMAGE_REDIRECTS
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        fp.close()  # its `read()` then returns b""
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            _check_scheme(urllib.parse.urljoin(req.full_url, location))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def find_image_file(images_dir: str | Path, name: str) -> Path | None:

@@ -71,7 +71,7 @@ AGGREGATION_STRATEGIES = ("none", "simple")
 _OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
 _INPUT_KEYS = ("text", "tokens", "image", "image_id", "visual_context")
 # The call arguments of the image → context step (`_with_contexts`); the others are `preprocess`'s.
-_CONTEXT_PARAMS = ("visual_context", "timeout", "max_image_bytes", "max_image_pixels")
+_CONTEXT_PARAMS = ("visual_context", "timeout", "max_image_bytes", "max_image_pixels", "allow_private_urls")
 # `context_sources` of a tweet whose visual context the caller gave.
 GIVEN_CONTEXT_SOURCE = "visual_context:given"
 
@@ -222,6 +222,7 @@ class MultimodalNERPipeline(ChunkPipeline):
         timeout: float | None = None,
         max_image_bytes: int | None = None,
         max_image_pixels: int | None = None,
+        allow_private_urls: bool | None = None,
         aggregation_strategy: str | None = None,
         return_visual_context: bool | None = None,
         ignore_labels: list[str] | None = None,
@@ -242,6 +243,10 @@ class MultimodalNERPipeline(ChunkPipeline):
         # Checked now: inside `preprocess` a bad limit would only make every image fail, each with a warning.
         check_image_limits(**limits)
         preprocess_params.update(limits)
+        if allow_private_urls is not None:
+            if not isinstance(allow_private_urls, bool):
+                raise TypeError(f"`allow_private_urls` must be True or False, got {allow_private_urls!r}.")
+            preprocess_params["allow_private_urls"] = allow_private_urls
         postprocess_params: dict[str, Any] = {}
         if ignore_labels is not None:
             if isinstance(ignore_labels, str) or not all(isinstance(label, str) for label in ignore_labels):
@@ -306,6 +311,11 @@ class MultimodalNERPipeline(ChunkPipeline):
                 Images of more bytes (file, download or decoded base64) are refused, without reading more.
             max_image_pixels (`int`, *optional*, defaults to 64,000,000):
                 Images of more pixels are refused before they are decoded (a small file can declare huge dimensions).
+            allow_private_urls (`bool`, *optional*, defaults to `False`):
+                Let image URLs (and their redirects) reach loopback, private, link-local and other non-public
+                addresses. Off, a URL whose host is or resolves to one is refused before any connection (one warning,
+                the text-only result), so that a service tagging its callers' tweets cannot be made to fetch from
+                inside its own network; turn it on only when every URL is trusted.
 
         Returns:
             A list of entity dicts per tweet (a list of such lists for a batch). `score` is the CRF posterior
@@ -336,14 +346,22 @@ class MultimodalNERPipeline(ChunkPipeline):
         timeout: float = DEFAULT_IMAGE_TIMEOUT,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_private_urls: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Image (+ tweet) → context, the pipeline's first step, `batch_size` tweets at a time.
 
-        Each aligner runs once per batch (a captioner or vision-language model on a GPU then runs batched). Each input comes out with its `visual_context`, `context_sources` and `alignment_error`. The image, whatever
-        its form, is read by `images_ita.load_image` within the call's limits; a context the caller gave is used as
-        it is; everything else is `visual_context_ita.contexts_for_tweets`'s.
+        Each aligner runs once per batch (a captioner or vision-language model on a GPU then runs batched). Each
+        input comes out with its `visual_context`, `context_sources` and `alignment_error`. The image, whatever its
+        form, is read by `images_ita.load_image` within the call's limits; a context the caller gave is used as it
+        is; everything else is `visual_context_ita.contexts_for_tweets`'s.
         """
-        load = functools.partial(load_image, max_pixels=max_image_pixels, max_bytes=max_image_bytes, timeout=timeout)
+        load = functools.partial(
+            load_image,
+            max_pixels=max_image_pixels,
+            max_bytes=max_image_bytes,
+            timeout=timeout,
+            allow_private_urls=allow_private_urls,
+        )
         batch: list[dict[str, Any]] = []
         for element in inputs:
             batch.append(element)

@@ -26,6 +26,8 @@ from test_handler import assert_requirements_met, image_server, save_captioned_c
 from helpers import CHROMIUM_FLAGS, REPO, T15_LABELS, stop_process  # noqa: E402
 
 TWEET = "Obama visits Paris with Merkel"
+# The app under test caps tweets at this many characters (ITA_MAX_TEXT_CHARS), not at its default.
+TEXT_CAP = 1000
 EXAMPLE_TWEET = ["RT", "@NBA", ":", "Kyrie", "plays", "with", "LeBron"]
 START_TIMEOUT = 60
 
@@ -51,7 +53,7 @@ def site(tmp_path_factory, minilm_dir, minilm_tokenizer):
         (data / "twitter2015" / f"{split}.txt").write_text(f"IMGID:{image_id}\n{lines}")
     url = f"http://127.0.0.1:{free_port()}"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(base / "hf_modules"))
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(base / "hf_modules"), ITA_MAX_TEXT_CHARS=str(TEXT_CAP))
     log = base / "app.log"
     command = [
         sys.executable,
@@ -64,6 +66,7 @@ def site(tmp_path_factory, minilm_dir, minilm_tokenizer):
         "127.0.0.1",
         "--port",
         url.rsplit(":", 1)[1],
+        "--allow-private-urls",  # the image server of the tests is on loopback
     ]
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=base, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -106,14 +109,17 @@ def test_gradio_client_gets_the_pipelines_answer_and_clear_errors(site, expected
     assert notes.startswith(f"{len(expected[0]['entities'])} entit")
     # An image linked by URL (served on 127.0.0.1) gives the same answer as the same file uploaded.
     with image_server(site["images"]) as files:
-        assert client.predict(TWEET, None, f"{files}/1.jpg", "", api_name="/tag")[2] == expected[1]
+        assert client.predict(TWEET, None, f"{files.url}/1.jpg", "", api_name="/tag")[2] == expected[1]
 
     not_an_image = site["images"] / "not-an-image.jpg"
     not_an_image.write_text("plain text behind a .jpg name")
     bad = [
         (("", None, "", ""), "Type a tweet first"),
         (("   ", None, "", ""), "Type a tweet first"),
-        (("x" * 2001, None, "", ""), "at most 2000"),
+        (
+            ("x" * (TEXT_CAP + 1), None, "", ""),
+            f"The text has {TEXT_CAP + 1} characters; this app tags at most {TEXT_CAP}",
+        ),
         ((TWEET, image, "https://example.com/a.jpg", ""), "not both"),
         ((TWEET, None, "file:///etc/passwd", ""), "must start with http:// or https://"),
         ((TWEET, None, "", "someone/else"), "serves one model only"),
@@ -127,6 +133,50 @@ def test_gradio_client_gets_the_pipelines_answer_and_clear_errors(site, expected
     _, context, result, notes = client.predict(TWEET, None, "http://127.0.0.1:9/gone.jpg", "", api_name="/tag")
     assert context == "" and "cannot read the image" in notes and "text-only" in notes
     assert "Traceback" not in site["log"].read_text()
+
+
+def test_by_default_image_urls_to_loopback_go_unfetched_and_notes_name_an_upload_not_its_folder(site, tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from app import MAX_TEXT_CHARS, Tagger
+
+    tagger = Tagger(str(site["checkpoint"]))
+    with image_server(site["images"]) as files:
+        _, context, _, notes = tagger.tag(TWEET, None, f"{files.url}/1.jpg", "")
+        assert files.connections == 0, "refused before any connection"
+    assert context == "" and "a non-public address (loopback)" in notes and "text-only" in notes, notes
+    allowed = Tagger(str(site["checkpoint"]), allow_private_urls=True)
+    with image_server(site["images"]) as files:
+        assert allowed.tag(TWEET, None, f"{files.url}/1.jpg", "")[1], "allowed, the image gives a visual context"
+    # An upload over the pixel cap (81 megapixels, refused before decoding): the note names the file only.
+    uploads = tmp_path / "a-folder-of-the-server"
+    uploads.mkdir()
+    Image.new("1", (9000, 9000)).save(uploads / "huge.png")
+    _, context, _, notes = tagger.tag(TWEET, str(uploads / "huge.png"), "", "")
+    assert context == "" and "image huge.png is 9000x9000" in notes and str(uploads) not in notes, notes
+    with pytest.raises(gr.Error, match=f"this app tags at most {MAX_TEXT_CHARS}"):
+        tagger.tag("x" * (MAX_TEXT_CHARS + 1), None, "", "")
+    capped = Tagger(str(site["checkpoint"]), max_text_chars=5)
+    assert capped.tag("Obama", None, "", "")[3].startswith(("0 entities", "1 entity")), "at the cap: tagged"
+    with pytest.raises(gr.Error, match="The text has 6 characters; this app tags at most 5"):
+        capped.tag("Obamas", None, "", "")
+
+
+def test_the_app_settings_come_from_options_else_the_environment(monkeypatch):
+    from app import MAX_TEXT_CHARS, parse_args
+
+    for name in ("ITA_ALLOW_PRIVATE_URLS", "ITA_MAX_TEXT_CHARS"):
+        monkeypatch.delenv(name, raising=False)
+    args = parse_args(["--model", "a-model"])
+    assert (args.allow_private_urls, args.max_text_chars) == (False, MAX_TEXT_CHARS)
+    monkeypatch.setenv("ITA_ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("ITA_MAX_TEXT_CHARS", "99")
+    args = parse_args(["--model", "a-model"])
+    assert (args.allow_private_urls, args.max_text_chars) == (True, 99)
+    assert parse_args(["--model", "a-model", "--max-text-chars", "5"]).max_text_chars == 5
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "a-model", "--max-text-chars", "0"])
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pytest
 
 from aligners_ita import CaptionAligner
 from fresh_process import run_fresh_python
+from handler import ALLOW_PRIVATE_URLS_ENV, MAX_TEXT_CHARS, MAX_TEXT_CHARS_ENV, PayloadError
 from helpers import REPO, noise_image, save_tiny_captioner, stop_process, tiny_ita_model
 
 TEXT = "Kawhi Leonard wins the fan vote for Block of the Year"
@@ -34,6 +35,8 @@ CONTEXT = "a man in a suit at a podium"
 # Greedy and exactly 6 words, so that every image gets a caption and different images get different ones.
 GENERATE = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False, "no_repeat_ngram_size": 1}
 SERVER_START_TIMEOUT = 60
+# What a private page starts with: it must never appear in an answer or in the server's log.
+SECRET = "SECRET-TOKEN-123"
 
 
 def save_captioned_checkpoint(folder: Path, tokenizer, encoder_dir: Path, labels: list[str] | None = None) -> Path:
@@ -97,6 +100,26 @@ def bad_payloads(images: Path) -> list[tuple[object, str, str]]:
         ({"inputs": {"text": TEXT, "image_id": 12345}}, "invalid_payload", 'e.g. "654"'),
         ({"inputs": [TEXT, 7]}, "invalid_payload", "inputs[1] must be"),
         ({"inputs": [TEXT] * 65}, "invalid_payload", "split the batch"),
+        (
+            {"inputs": "x" * (MAX_TEXT_CHARS + 1)},
+            "invalid_payload",
+            f"inputs has {MAX_TEXT_CHARS + 1} characters, more than the {MAX_TEXT_CHARS} a text may have",
+        ),
+        (
+            {"inputs": [TEXT, {"text": ["x" * (MAX_TEXT_CHARS // 2)] * 2}]},
+            "invalid_payload",
+            f"inputs[1].text has {MAX_TEXT_CHARS + 1} characters",
+        ),
+        (
+            {"inputs": {"text": TEXT, "visual_context": "x" * (MAX_TEXT_CHARS + 1)}},
+            "invalid_payload",
+            f"inputs.visual_context has {MAX_TEXT_CHARS + 1} characters",
+        ),
+        (
+            {"inputs": TEXT, "parameters": {"visual_context": "x" * (MAX_TEXT_CHARS + 1)}},
+            "invalid_payload",
+            f'Parameter "visual_context" has {MAX_TEXT_CHARS + 1} characters',
+        ),
         ({"inputs": TEXT, "parameters": "fast"}, "invalid_parameter", '"parameters" must be a JSON object'),
         ({"inputs": TEXT, "parameters": {"batch_size": 8}}, "unknown_parameter", "Unknown parameter(s) ['batch_size']"),
         ({"inputs": TEXT, "parameters": {"return_visual_context": "yes"}}, "invalid_parameter", "true or false"),
@@ -119,14 +142,30 @@ def bad_payloads(images: Path) -> list[tuple[object, str, str]]:
     ]
 
 
+class FileServer(ThreadingHTTPServer):
+    """Serves a folder on 127.0.0.1 (a free port) and counts the connections it accepts."""
+
+    def __init__(self, folder: Path):
+        super().__init__(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+        self.connections = 0
+
+    def verify_request(self, request, client_address) -> bool:
+        self.connections += 1  # only the serving thread accepts
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @contextmanager
 def image_server(folder: Path):
-    """Serves `folder` over HTTP on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+    """Serves `folder` over HTTP on 127.0.0.1 in a thread; yields the `FileServer` (its `url`, its `connections`)."""
+    server = FileServer(folder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -140,17 +179,19 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 # --- (a) from the checkpoint folder alone, in a fresh process -------------------------------------------------------
 
 FROM_THE_FOLDER = """
-import base64, importlib.util, json, sys, threading
+import base64, importlib.util, json, os, sys, threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 folder, images, text, other, words, context, bad_file = sys.argv[1:8]
 words = json.loads(words)
-# As Inference Endpoints does: the model folder first on sys.path, handler.py imported from it by file location.
+# As Inference Endpoints does: the model folder first on sys.path, handler.py imported from it by file location, and
+# configured by the environment (the image server below is on loopback, which image URLs reach only when allowed).
 sys.path.insert(0, folder)
 spec = importlib.util.spec_from_file_location("handler", folder + "/handler.py")
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
+os.environ["ITA_ALLOW_PRIVATE_URLS"] = "1"
 handler = module.EndpointHandler(folder)
 
 from transformers import pipeline
@@ -307,10 +348,17 @@ def test_served_over_http_bad_payloads_get_400_with_json(workspace, tmp_path):
     from handler import EndpointHandler
 
     checkpoint, images = workspace["checkpoint"], workspace["images"]
-    local = EndpointHandler(str(checkpoint))
+    # The image server is on loopback: allowed here, refused by default (the next test).
+    local = EndpointHandler(str(checkpoint), allow_private_urls=True)
     encoded = b64(images / "0.jpg")
+    (images / "private.txt").write_text(f"{SECRET} and the rest of a private page")
+    at_the_cap = {"inputs": " ".join(["word"] * (MAX_TEXT_CHARS // 5)).ljust(MAX_TEXT_CHARS, "s")}
     with (
-        served(checkpoint, tmp_path, "--max-body-bytes", str(1024 * 1024)) as (url, process, _),
+        served(checkpoint, tmp_path, "--max-body-bytes", str(1024 * 1024), "--allow-private-urls") as (
+            url,
+            process,
+            log,
+        ),
         image_server(images) as files,
     ):
         with urllib.request.urlopen(url + "/health", timeout=10) as response:
@@ -318,17 +366,23 @@ def test_served_over_http_bad_payloads_get_400_with_json(workspace, tmp_path):
         good = [
             {"inputs": TEXT},
             {"inputs": {"text": TEXT, "image": encoded}, "parameters": {"return_visual_context": True}},
-            {"inputs": {"text": TEXT, "image": f"{files}/1.jpg"}, "parameters": {"return_visual_context": True}},
+            {"inputs": {"text": TEXT, "image": f"{files.url}/1.jpg"}, "parameters": {"return_visual_context": True}},
             {
                 "inputs": [TEXT, {"text": WORDS, "visual_context": CONTEXT}],
                 "parameters": {"aggregation_strategy": "none"},
             },
+            at_the_cap,
         ]
         for route in ("/", "/predict"):
             for payload in good:
                 status, answer, _ = post(url + route, json.dumps(payload).encode())
                 assert status == 200 and answer == json.loads(json.dumps(local(payload))), (route, payload)
         assert post(url, json.dumps(good[1]).encode())[1]["visual_context"]
+        assert post(url, json.dumps(good[2]).encode())[1]["visual_context"], "the URL on loopback was fetched"
+        # A private page: the tweet is tagged text-only, and its answer says nothing of the page.
+        secret = {"inputs": {"text": TEXT, "image": f"{files.url}/private.txt"}, "parameters": good[2]["parameters"]}
+        status, answer, raw = post(url, json.dumps(secret).encode())
+        assert status == 200 and answer["visual_context"] == "" and SECRET not in raw
 
         for payload, error_type, phrase in bad_payloads(images):
             status, answer, raw = post(url, json.dumps(payload).encode())
@@ -359,6 +413,58 @@ def test_served_over_http_bad_payloads_get_400_with_json(workspace, tmp_path):
             assert caught.value.code == expected_status
             assert json.loads(caught.value.read())["error_type"] == "http_error"
         assert process.poll() is None, "the server must survive every bad request"
+    log_text = log.read_text()
+    size = len((images / "private.txt").read_bytes())
+    assert f"private.txt: its {size} bytes (Content-Type: text/plain) are not an image" in log_text
+    assert SECRET not in log_text
+
+
+def test_served_by_default_image_urls_to_loopback_go_unfetched_and_texts_over_the_cap_are_refused(workspace, tmp_path):
+    checkpoint, images = workspace["checkpoint"], workspace["images"]
+    cap = 40
+    with (
+        served(checkpoint, tmp_path, "--max-text-chars", str(cap)) as (url, process, log),
+        image_server(images) as files,
+    ):
+        for host in ("127.0.0.1", "localhost"):
+            payload = {"inputs": {"text": TEXT[:cap], "image": f"http://{host}:{files.server_address[1]}/1.jpg"}}
+            status, answer, raw = post(
+                url, json.dumps({**payload, "parameters": {"return_visual_context": True}}).encode()
+            )
+            assert status == 200 and answer["visual_context"] == "", raw[:500]
+        assert files.connections == 0, "refused before any connection"
+        for text in ("x" * (cap + 1), ["x" * (cap // 2)] * 2):
+            status, answer, raw = post(url, json.dumps({"inputs": {"text": text}}).encode())
+            assert status == 400 and answer["error_type"] == "invalid_payload", raw[:500]
+            assert f"inputs.text has {cap + 1} characters, more than the {cap} a text may have" in answer["error"]
+        assert post(url, json.dumps({"inputs": "x" * cap}).encode())[0] == 200
+    log_text = log.read_text()
+    assert log_text.count("a non-public address (loopback)") == 2 and "Traceback" not in log_text, log_text[-3000:]
+
+
+def test_the_handler_reads_its_settings_from_arguments_else_the_environment(workspace, monkeypatch):
+    from handler import EndpointHandler
+
+    checkpoint = str(workspace["checkpoint"])
+    default = EndpointHandler(checkpoint)
+    assert (default.allow_private_urls, default.max_text_chars) == (False, MAX_TEXT_CHARS)
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS_ENV, "1")
+    monkeypatch.setenv(MAX_TEXT_CHARS_ENV, "123")
+    configured = EndpointHandler(checkpoint)
+    assert (configured.allow_private_urls, configured.max_text_chars) == (True, 123)
+    overridden = EndpointHandler(checkpoint, allow_private_urls=False, max_text_chars=7)
+    assert (overridden.allow_private_urls, overridden.max_text_chars) == (False, 7)
+    with pytest.raises(PayloadError, match="inputs has 8 characters, more than the 7"):
+        overridden({"inputs": "x" * 8})
+    # A bad setting stops the handler at once, its message naming the variable but not its value.
+    for name, value in ((ALLOW_PRIVATE_URLS_ENV, "yes-please"), (MAX_TEXT_CHARS_ENV, "lots-of-them")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name) as caught:
+            EndpointHandler(checkpoint)
+        assert value not in str(caught.value)
+        monkeypatch.delenv(name)
+    with pytest.raises(ValueError, match="max_text_chars must be an integer > 0"):
+        EndpointHandler(checkpoint, max_text_chars=0)
 
 
 def test_a_failing_handler_gives_500_json_and_logs_the_traceback_on_the_server(workspace, tmp_path):

@@ -1,10 +1,14 @@
 """Images from anywhere, bounded: one loader (`images_ita.load_image`) for PIL images, paths, URLs, base64 and
-`data:` URIs, checked against a local HTTP server on 127.0.0.1 that drips, never ends, sends a huge image,
-redirects and sends a non-image; and what of it reaches the pipeline's aligners."""
+`data:` URIs, checked against local HTTP servers on loopback that drip, never end, send a huge image, redirect and
+send a non-image or a secret; URLs that lead to non-public addresses refused (checked on loopback only: every other
+address is only ever a value handed to the classifier); and what of it reaches the pipeline's aligners."""
 
 import base64
+import contextlib
+import functools
 import http.server
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -28,10 +32,14 @@ from images_ita import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     MAX_IMAGE_REDIRECTS,
+    RefusedURLError,
+    URLPolicy,
+    download,
     find_image_file,
     image_id_from_source,
     image_source_kind,
     load_image,
+    private_address_kind,
 )
 from pipeline_ita import MultimodalNERPipeline
 
@@ -43,6 +51,10 @@ TWEET = "Chris Paul in Los Angeles w/ Blake Griffin"
 MAX_REQUESTS = 300
 DRIP_SECONDS = 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What a private page starts with: it must never appear in an error or a log line.
+SECRET = b"SECRET-TOKEN-123"
+# The test servers listen on loopback, which image URLs reach only when allowed.
+load_local = functools.partial(load_image, allow_private_urls=True)
 
 
 # --- the pictures, in every mode the loader converts ------------------------------------------------
@@ -110,21 +122,31 @@ def huge_png() -> bytes:
 
 
 class ImageServer(http.server.ThreadingHTTPServer):
-    """Serves `files` by path, and the hostile routes of `Handler`; counts requests and the bytes of endless bodies."""
+    """Serves `files` by path, and the hostile routes of `Handler`, on a loopback address; counts connections,
+    requests and the bytes of endless bodies, and keeps the `Host` header of every request."""
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), Handler)
         self.files: dict[str, tuple[str, bytes]] = {}
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.connections = 0
         self.requests = 0
         self.endless_sent = 0
+        self.hosts: list[str] = []
+
+    def verify_request(self, request, client_address) -> bool:
+        with self.lock:
+            self.connections += 1
+        return True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -135,6 +157,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         server: ImageServer = self.server
         with server.lock:
             server.requests += 1
+            server.hosts.append(self.headers["Host"])
             over = server.requests > MAX_REQUESTS
         try:
             if over:
@@ -150,16 +173,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.drip(b"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\n\r\n"[:DRIP_SECONDS])
             elif self.path in ("/endless", "/endless-declared"):
                 self.head(200, "image/jpeg", 10**12 if self.path == "/endless-declared" else None)
-                block = b"\xff" * 65536
-                while not server.stop.is_set() and server.endless_sent < 50 * DEFAULT_MAX_IMAGE_BYTES:
-                    self.wfile.write(block)
-                    with server.lock:
-                        server.endless_sent += len(block)
+                self.endless()
             elif self.path.startswith("/hops/"):  # /hops/n redirects n times, then to the EXIF JPEG
                 left = int(self.path.rsplit("/", 1)[1])
                 self.redirect(f"/hops/{left - 1}" if left > 1 else "/exif_jpeg")
             elif self.path.startswith("/to/"):  # /to/<name> redirects to the file <name>
                 self.redirect("/" + self.path.split("/", 2)[2])
+            elif self.path.startswith("/away/"):  # /away/<URL> redirects to that URL
+                self.redirect(self.path.split("/", 2)[2])
+            elif self.path == "/endless-redirect":  # a redirect with a body that never ends
+                self.send_response(302)
+                self.send_header("Location", "/exif_jpeg")
+                self.end_headers()
+                self.endless()
+            elif self.path == "/private-status":  # the secret in the status line and the body of an error
+                self.send_response(500, SECRET.decode())
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(SECRET)
             elif self.path in ("/loop-a", "/loop-b"):
                 self.redirect("/loop-b" if self.path == "/loop-a" else "/loop-a")
             elif self.path == "/slow-redirect":  # a slow first hop, then a drip: one deadline covers both
@@ -187,6 +218,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def endless(self) -> None:
+        server: ImageServer = self.server
+        block = b"\xff" * 65536
+        while not server.stop.is_set() and server.endless_sent < 50 * DEFAULT_MAX_IMAGE_BYTES:
+            self.wfile.write(block)
+            with server.lock:
+                server.endless_sent += len(block)
+
     def drip(self, data: bytes) -> None:
         self.wfile.flush()
         for byte in data:
@@ -196,20 +235,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = ImageServer()
+@contextlib.contextmanager
+def serving(host: str = "127.0.0.1"):
+    """An `ImageServer` on loopback address `host` (a free port) with the test pictures, running in a thread."""
+    try:
+        server = ImageServer(host)
+    except OSError as err:  # e.g. a machine without IPv6
+        pytest.skip(f"cannot listen on {host}: {err}")
     for name, (_, data) in PICTURES.items():
         server.files[f"/{name}"] = ("image/jpeg" if data[:2] == b"\xff\xd8" else "image/png", data)
     server.files["/huge.png"] = ("image/png", huge_png())
+    server.files["/private-page.txt"] = ("text/plain", SECRET + b" and the rest of the private page")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    yield server
-    server.stop.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    try:
+        yield server
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
     assert not thread.is_alive() and server.requests <= MAX_REQUESTS
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serving() as server:
+        yield server
 
 
 def timed(function, *args, **kwargs):
@@ -234,14 +286,14 @@ def rss(field):
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
-load_image(sys.argv[2])  # the first call imports Pillow's plugins and urllib's handlers
+load_image(sys.argv[2], allow_private_urls=True)  # the first call imports Pillow's plugins and urllib's handlers
 try:
     Path("/proc/self/clear_refs").write_text("5")
 except OSError:
     sys.exit("this kernel does not let a process reset its peak resident memory")
 before = rss("VmRSS")
 try:
-    outcome = "decoded %dx%d" % load_image(sys.argv[3], int(sys.argv[4]), timeout=30).size
+    outcome = "decoded %dx%d" % load_image(sys.argv[3], int(sys.argv[4]), timeout=30, allow_private_urls=True).size
 except ValueError as err:
     outcome = str(err)
 print(json.dumps({"growth": rss("VmHWM") - before, "outcome": outcome}))
@@ -290,7 +342,7 @@ def test_the_same_picture_gives_the_same_rgb_bytes_from_every_source(name, tmp_p
     forms = every_form(name, data, tmp_path, server)
     if original is not None:
         forms["in-memory pil"] = original
-    results = {form: load_image(source) for form, source in forms.items()}
+    results = {form: load_local(source) for form, source in forms.items()}
     reference = results["str path"]
     assert reference.mode == "RGB"
     for form, image in results.items():
@@ -389,7 +441,7 @@ def test_a_huge_image_is_refused_before_decoding_by_path_url_and_pil(tmp_path, s
     path.write_bytes(server.files["/huge.png"][1])
     refused = "9000x9000 = 81000000 pixels, more than max_pixels=64000000: refused before decoding"
     for source in (path, f"{server.url}/huge.png", Image.open(path)):
-        error, seconds = timed(load_image, source)
+        error, seconds = timed(load_local, source)
         assert isinstance(error, ValueError) and refused in str(error), error
         assert seconds < 1.0
     # Decoding it would need 81 MB (and 243 MB as RGB); refusing it costs a few. The control: the same probe sees
@@ -474,7 +526,7 @@ def test_a_path_or_url_names_its_image_id_and_other_sources_none(tmp_path):
     ids=["body-a-byte-a-second", "headers-a-byte-a-second", "slow-redirect-then-drip"],
 )
 def test_a_dripping_server_is_cut_off_at_the_total_deadline(route, server):
-    error, seconds = timed(load_image, server.url + route, timeout=TIMEOUT)
+    error, seconds = timed(load_local, server.url + route, timeout=TIMEOUT)
     assert isinstance(error, TimeoutError) and f"did not arrive within timeout={TIMEOUT:g}s" in str(error), error
     assert TIMEOUT - 0.05 < seconds < TIMEOUT + SLACK, seconds
     print(f"{route}: gave up after {seconds:.2f} s (timeout {TIMEOUT} s)")
@@ -485,7 +537,7 @@ def test_a_silent_server_times_out_at_the_deadline_over_http_and_https(scheme):
     # The kernel completes the TCP handshake of a listening socket that never accepts: then nothing, not even TLS.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         url = f"{scheme}://127.0.0.1:{silent.getsockname()[1]}/photo.jpg"
-        error, seconds = timed(load_image, url, timeout=TIMEOUT)
+        error, seconds = timed(load_local, url, timeout=TIMEOUT)
     assert isinstance(error, TimeoutError) and f"did not arrive within timeout={TIMEOUT:g}s" in str(error), error
     assert TIMEOUT - 0.05 < seconds < TIMEOUT + SLACK, seconds
 
@@ -494,7 +546,7 @@ def test_an_endless_body_stops_at_the_byte_cap_with_bounded_memory(server):
     sent_before = server.endless_sent
     tracemalloc.start()
     try:
-        error, seconds = timed(load_image, f"{server.url}/endless", timeout=30)
+        error, seconds = timed(load_local, f"{server.url}/endless", timeout=30)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -509,7 +561,7 @@ def test_an_endless_body_stops_at_the_byte_cap_with_bounded_memory(server):
         f"endless body: {seconds:.2f} s, Python peak {peak / 2**20:.1f} MiB, RSS peak growth {growth / 2**20:.1f} MiB"
     )
     # A declared length over the cap is refused before reading any of the body.
-    error, seconds = timed(load_image, f"{server.url}/endless-declared", max_bytes=2**20)
+    error, seconds = timed(load_local, f"{server.url}/endless-declared", max_bytes=2**20)
     assert isinstance(error, ValueError) and "(Content-Length), more than max_bytes=1048576" in str(error), error
     assert seconds < 1.0
 
@@ -518,30 +570,245 @@ def test_redirects_are_followed_up_to_the_limit_and_loops_refused(server, tmp_pa
     path = tmp_path / "rotated.jpg"
     path.write_bytes(PICTURES["exif_jpeg"][1])
     expected = load_image(path).tobytes()
-    assert load_image(f"{server.url}/hops/{MAX_IMAGE_REDIRECTS}").tobytes() == expected
+    assert load_local(f"{server.url}/hops/{MAX_IMAGE_REDIRECTS}").tobytes() == expected
     for route in (f"/hops/{MAX_IMAGE_REDIRECTS + 1}", "/loop-a"):
-        error, seconds = timed(load_image, server.url + route, timeout=TIMEOUT)
+        error, seconds = timed(load_local, server.url + route, timeout=TIMEOUT)
         assert isinstance(error, OSError) and "redirects, or a redirect loop" in str(error), error
         assert seconds < 1.0
 
 
 def test_non_images_and_http_errors_are_clear(server):
-    error, _ = timed(load_image, f"{server.url}/page.html")
+    error, _ = timed(load_local, f"{server.url}/page.html")
     assert isinstance(error, ValueError)
-    assert "(Content-Type: text/html; charset=utf-8), starting with b'<!DOCTYPE html><'" in str(error)
-    assert "are not an image PIL can identify" in str(error)
-    error, _ = timed(load_image, f"{server.url}/gone.jpg")
+    assert str(error).endswith(
+        "its 76 bytes (Content-Type: text/html; charset=utf-8) are not an image PIL can identify"
+    )
+    error, _ = timed(load_local, f"{server.url}/gone.jpg")
     assert isinstance(error, OSError) and "the server answered HTTP 404" in str(error), error
-    error, seconds = timed(load_image, "http://127.0.0.1:9/closed.jpg", timeout=TIMEOUT)
+    error, seconds = timed(load_local, "http://127.0.0.1:9/closed.jpg", timeout=TIMEOUT)
     assert isinstance(error, OSError) and "cannot fetch image http://127.0.0.1:9/closed.jpg" in str(error)
     assert seconds < TIMEOUT
 
 
 def test_concurrent_loads_give_the_sequential_pixels(server):
     sources = [f"{server.url}/exif_jpeg", Image.open(io.BytesIO(PICTURES["grey16"][1])), PICTURES["palette"][1]] * 6
-    sequential = [load_image(source).tobytes() for source in sources]
+    sequential = [load_local(source).tobytes() for source in sources]
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(lambda source: load_image(source).tobytes(), sources)) == sequential
+        assert list(pool.map(lambda source: load_local(source).tobytes(), sources)) == sequential
+
+
+# --- URLs: public addresses only unless allowed, and errors that quote nothing of an answer -----------------------
+
+# Address → the kind of non-public address the classifier calls it (None: public, allowed). Values only: no test sends
+# a packet to any of them but the loopback ones, to servers the tests start there.
+ADDRESSES = {
+    "127.0.0.1": "loopback",
+    "127.45.67.89": "loopback",
+    "::1": "loopback",
+    "::ffff:127.0.0.1": "loopback",
+    "169.254.169.254": "link-local",
+    "::ffff:169.254.169.254": "link-local",
+    "64:ff9b::a9fe:a9fe": "link-local",  # NAT64 of 169.254.169.254
+    "fe80::1": "link-local",
+    "fe80::1%eth0": "link-local",
+    "10.0.0.1": "private",
+    "2002:a00:1::": "private",  # 6to4 of 10.0.0.1
+    "172.16.0.1": "private",
+    "172.31.255.255": "private",
+    "192.168.1.1": "private",
+    "fd00::1": "private",
+    "198.51.100.7": "private",  # documentation range
+    "0.0.0.0": "unspecified",
+    "::": "unspecified",
+    "224.0.0.1": "multicast",
+    "ff02::1": "multicast",
+    "4000::1": "reserved",
+    "::1.2.3.4": "reserved",  # IPv4-compatible, deprecated
+    "100.64.0.1": "non-global",  # carrier-grade NAT
+    "8.8.8.8": None,
+    "1.1.1.1": None,
+    "172.32.0.1": None,  # just past 172.16.0.0/12
+    "::ffff:8.8.8.8": None,
+    "64:ff9b::808:808": None,  # NAT64 of 8.8.8.8
+    "2606:4700:4700::1111": None,
+}
+
+
+@pytest.mark.parametrize("address, kind", ADDRESSES.items(), ids=list(ADDRESSES))
+def test_the_classifier_names_the_kind_of_every_non_public_address_and_passes_public_ones(address, kind):
+    assert private_address_kind(address) == kind
+    assert private_address_kind(ipaddress.ip_address(address)) == kind
+
+
+def test_the_classifier_takes_addresses_only():
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        private_address_kind("localhost")
+
+
+@pytest.fixture(scope="module")
+def other_loopback():
+    """A second server, on another loopback address: where redirects and rebinding answers must not lead."""
+    with serving("127.45.67.89") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ipv6_server():
+    with serving("::1") as server:
+        yield server
+
+
+# How a URL may name a loopback address → the fixture of the server listening there.
+LOOPBACK_HOSTS = {
+    "127.0.0.1": "server",
+    "127.45.67.89": "other_loopback",
+    "localhost": "server",
+    "[::1]": "ipv6_server",
+    "[::ffff:127.0.0.1]": "server",
+    "2130706433": "server",  # 127.0.0.1 as one integer
+}
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_loopback_in_every_form_is_refused_before_any_connection_and_served_when_allowed(host, request):
+    listening: ImageServer = request.getfixturevalue(LOOPBACK_HOSTS[host])
+    url = f"http://{host}:{listening.server_address[1]}/exif_jpeg"
+    before = listening.connections
+    error, seconds = timed(load_image, url, timeout=TIMEOUT)
+    assert isinstance(error, RefusedURLError) and isinstance(error, PermissionError), error
+    assert f"cannot fetch image {url}: the host " in str(error) and "a non-public address (loopback)" in str(error)
+    assert "allow_private_urls=True" in str(error) and seconds < 1.0
+    assert listening.connections == before, "refused before connecting"
+    assert load_image(url, allow_private_urls=True).tobytes() == load_image(PICTURES["exif_jpeg"][1]).tobytes()
+    assert listening.connections == before + 1
+
+
+def allowing_only(address: str):
+    """A classifier that allows `address` and classifies every other one as `private_address_kind` does.
+
+    The seam `URLPolicy.classify` exists for this: the only addresses a test may send packets to are loopback ones, so
+    a redirect refused at its hop can only be seen with a first hop on an allowed loopback address and a redirect to
+    another, refused, loopback address.
+    """
+    return lambda candidate: None if candidate == address else private_address_kind(candidate)
+
+
+def test_a_redirect_to_a_refused_address_is_refused_at_that_hop(server, other_loopback):
+    url = f"{server.url}/away/{other_loopback.url}/exif_jpeg"
+    requests, connections = server.requests, other_loopback.connections
+    error, seconds = timed(download, url, timeout=TIMEOUT, policy=URLPolicy(classify=allowing_only("127.0.0.1")))
+    assert isinstance(error, RefusedURLError), error
+    assert f"cannot fetch image {url}: the host '127.45.67.89' is a non-public address (loopback)" in str(error)
+    assert seconds < 1.0
+    assert (server.requests, other_loopback.connections) == (requests + 1, connections), "refused at the second hop"
+    # The control: allowed everywhere, the same redirect leads to the image.
+    body, content_type = download(url, timeout=TIMEOUT, policy=URLPolicy(allow_private=True))
+    assert (body.getvalue(), content_type) == (PICTURES["exif_jpeg"][1], "image/jpeg")
+    assert other_loopback.connections == connections + 1
+    # A redirect to another scheme is refused whatever the addresses allowed: an image URL never reads a file.
+    for target in ("file:///etc/hostname", "ftp://127.0.0.1/photo.jpg"):
+        error, _ = timed(download, f"{server.url}/away/{target}", timeout=TIMEOUT, policy=URLPolicy(allow_private=True))
+        assert isinstance(error, RefusedURLError) and "image URLs and their redirects are http or https only" in str(
+            error
+        ), error
+    with pytest.raises(RefusedURLError, match="'file:///etc/hostname' is a file URL"):
+        download("file:///etc/hostname")
+
+
+def test_the_connection_goes_to_the_address_checked_never_to_a_second_lookup(server, monkeypatch):
+    # A DNS answer that changes (rebinding): the allowed address first, a refused one for any later lookup.
+    answers = iter(["127.0.0.1", "127.45.67.89"])
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (next(answers), port))]
+
+    def no_other_lookup(*args, **kwargs):
+        raise AssertionError(f"a lookup outside the policy's resolver: {args}")
+
+    # http.client's own connection would resolve the name again through socket.getaddrinfo.
+    monkeypatch.setattr(socket, "getaddrinfo", no_other_lookup)
+    port = server.server_address[1]
+    policy = URLPolicy(classify=allowing_only("127.0.0.1"), resolve=rebinding)
+    body, _ = download(f"http://images.test:{port}/exif_jpeg", timeout=TIMEOUT, policy=policy)
+    assert body.getvalue() == PICTURES["exif_jpeg"][1]
+    assert lookups == ["images.test"]
+    assert server.hosts[-1] == f"images.test:{port}", "the request names the host, though sent to its address"
+
+
+def test_a_slow_resolver_cannot_hold_a_download_past_its_deadline(server):
+    release = threading.Event()
+
+    def slow(*args, **kwargs):
+        release.wait(30)
+        return []
+
+    before = server.connections
+    try:
+        policy = URLPolicy(allow_private=True, resolve=slow)
+        error, seconds = timed(download, f"{server.url}/exif_jpeg", timeout=TIMEOUT, policy=policy)
+    finally:
+        release.set()
+    assert isinstance(error, TimeoutError) and f"did not arrive within timeout={TIMEOUT:g}s" in str(error), error
+    assert TIMEOUT - 0.05 < seconds < TIMEOUT + SLACK, seconds
+    assert server.connections == before
+
+
+def test_a_redirect_body_is_never_read(server):
+    # The redirect's body never ends: read, it would hold the download until its deadline.
+    image, seconds = timed(load_local, f"{server.url}/endless-redirect", timeout=TIMEOUT)
+    assert not isinstance(image, Exception), image
+    assert image.tobytes() == load_image(PICTURES["exif_jpeg"][1]).tobytes() and seconds < 1.0
+
+
+@contextlib.contextmanager
+def not_http_service():
+    """A service on loopback that answers every request with the secret, as no HTTP server would; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                connection.sendall(SECRET + b" is the admin password\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/photo.jpg"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_secret_an_answer_starts_with_is_in_no_error_and_no_log_line(ner, server, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    with not_http_service() as not_http:
+        urls = [f"{server.url}/private-page.txt", f"{server.url}/private-status", not_http]
+        errors = [timed(load_local, url, timeout=TIMEOUT)[0] for url in urls]
+        results = [ner(TWEET, image=url, timeout=TIMEOUT, return_visual_context=True) for url in urls]
+    page, status, not_an_answer = (str(error) for error in errors)
+    assert page.endswith(
+        f"its {len(server.files['/private-page.txt'][1])} bytes (Content-Type: text/plain) are not an image PIL can identify"
+    )
+    assert status.endswith("the server answered HTTP 500")
+    assert not_an_answer.endswith("the connection broke, or the answer is not HTTP (BadStatusLine)")
+    assert [result["visual_context"] for result in results] == ["", "", ""]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 3 and all(
+        error in warning for error, warning in zip((page, status, not_an_answer), warnings)
+    )
+    printed = capfd.readouterr()
+    lines = [page, status, not_an_answer, *(record.getMessage() for record in caplog.records), printed.out, printed.err]
+    assert not [line for line in lines if SECRET[:6].decode() in line]
 
 
 # --- through the pipeline ---------------------------------------------------------------------------------
@@ -573,12 +840,14 @@ def recorder():
 def ner(minilm_tokenizer, recorder):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # No context cache: these tests count what reaches the aligner for every form and limit of one picture.
+    # No context cache: these tests count what reaches the aligner for every form and limit of one picture. Its image
+    # URLs are the test server's, on loopback: allowed once for all its calls, as a deployment would.
     yield MultimodalNERPipeline(
         model=tiny_ita_model(minilm_tokenizer, seed=0),
         tokenizer=minilm_tokenizer,
         aligners=[recorder],
         context_cache_size=0,
+        allow_private_urls=True,
     )
     torch.set_num_threads(threads)
 
@@ -676,3 +945,30 @@ def test_the_pipeline_limits_are_call_parameters_checked_at_call_time(ner, recor
     ):
         with pytest.raises(error, match=next(iter(bad))):
             ner(TWEET, image=url, **bad)
+
+
+def test_the_pipeline_refuses_loopback_urls_unless_allowed(minilm_tokenizer, recorder, server, caplog):
+    default = MultimodalNERPipeline(
+        model=tiny_ita_model(minilm_tokenizer, seed=0), tokenizer=minilm_tokenizer, aligners=[recorder]
+    )
+    url = f"{server.url}/exif_jpeg"
+    recorder.received.clear()
+    before = server.connections
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        result = default(TWEET, image=url, return_visual_context=True, **ALL_WORDS)
+    text_only = {
+        "entities": default(TWEET, visual_context="", **ALL_WORDS),
+        "visual_context": "",
+        "context_sources": [],
+    }
+    assert result == {**text_only, "alignment_error": result["alignment_error"]}
+    assert "RefusedURLError" in result["alignment_error"]
+    assert recorder.received == [] and server.connections == before
+    [warning] = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert "RefusedURLError" in warning and "a non-public address (loopback)" in warning, warning
+    assert "allow_private_urls=True" in warning and warning.endswith("tagging it text-only.")
+    allowed = default(TWEET, image=url, allow_private_urls=True, return_visual_context=True)
+    assert allowed["visual_context"] == "picture 20 by 40" and server.connections == before + 1
+    with pytest.raises(TypeError, match="allow_private_urls"):
+        default(TWEET, image=url, allow_private_urls="yes")
