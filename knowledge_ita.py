@@ -236,7 +236,7 @@ class ImageTextToTextAligner(Aligner):
             "cpu" if device is None or device == -1 else f"cuda:{device}" if isinstance(device, int) else device
         )
         self.model.to(torch_device).eval()
-        self.generation_config = self._greedy_config()
+        self.generate_arguments = self._greedy_arguments()
 
     @staticmethod
     def _load(model: str, dtype: str | None, revision: str | None) -> tuple[Any, Any]:
@@ -272,24 +272,29 @@ class ImageTextToTextAligner(Aligner):
                 )
             setattr(owner, name, value)
 
-    def _greedy_config(self) -> Any:
-        """A generation config of the checkpoint's special tokens only: greedy, capped, nothing else inherited."""
-        from transformers import GenerationConfig
+    def _greedy_arguments(self) -> dict[str, Any]:
+        """`generate` arguments that make decoding greedy and capped whatever the checkpoint's generation config says.
 
+        As arguments, not as a `GenerationConfig`: `generate` fills every setting a passed config leaves at its default
+        (`do_sample=False` is the default) from the checkpoint's own, which may turn sampling on; arguments are applied
+        last. The sampling settings are unset, since greedy decoding does not read them.
+        """
         own = self.model.generation_config
         eos = own.eos_token_id if own.eos_token_id is not None else self.processor.tokenizer.eos_token_id
         pad = own.pad_token_id if own.pad_token_id is not None else self.processor.tokenizer.pad_token_id
         if pad is None:
             pad = eos[0] if isinstance(eos, list) else eos
-        return GenerationConfig(
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=self.max_new_tokens,
-            bos_token_id=own.bos_token_id,
-            eos_token_id=eos,
-            pad_token_id=pad,
+        return {
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_k": None,
+            "top_p": None,
+            "max_new_tokens": self.max_new_tokens,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
             **self.generate_kwargs,
-        )
+        }
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -343,7 +348,7 @@ class ImageTextToTextAligner(Aligner):
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             with torch.inference_mode():
-                generated = self.model.generate(**inputs, generation_config=self.generation_config)
+                generated = self.model.generate(**inputs, **self.generate_arguments)
             answers = self.processor.batch_decode(
                 generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
             )
@@ -483,8 +488,13 @@ class ChatCompletionsAligner(Aligner):
         if client is None:
             from huggingface_hub import InferenceClient
 
-            key = os.environ.get(self.api_key_env) if self.api_key_env else None
-            client = self._local.client = InferenceClient(base_url=self.base_url, api_key=key, timeout=self.timeout)
+            if self.api_key_env:
+                credentials: dict[str, Any] = {"api_key": os.environ.get(self.api_key_env)}
+            else:
+                # Without a key InferenceClient would send the machine's Hugging Face token (HF_TOKEN, `hf auth
+                # login`) to whatever endpoint this is: the header is unset (lower case, as huggingface_hub names it).
+                credentials = {"headers": {"authorization": None}}
+            client = self._local.client = InferenceClient(base_url=self.base_url, timeout=self.timeout, **credentials)
         return client
 
     def image_uri(self, image: Any) -> str:

@@ -264,3 +264,114 @@ def roberta_style_post_processor():
     return processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
+
+
+# A chat template of the shape vision-language models ship (image parts in the user's content list).
+TINY_VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def tiny_vlm_tokenizer(extra_specials: list[str]):
+    """A character-level tokenizer (printable answers, unlike a byte-level one) with a chat template."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "<end_of_utterance>", *extra_specials]
+    vocab = {
+        token: i for i, token in enumerate(specials + list(string.ascii_letters + string.digits + " .,:;!?'()-#@\n"))
+    }
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<end_of_utterance>",
+        additional_special_tokens=extra_specials,
+        # Without it `generate` is handed token_type_ids, which these models refuse.
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.chat_template = TINY_VLM_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_vlm(folder: Path, kind: str, image_splitting: bool = False) -> Path:
+    """Saves a tiny random vision-language model (`"llava"` or `"idefics3"`, SmolVLM's architecture) with its processor.
+
+    The folder loads with `AutoProcessor` + `AutoModelForImageTextToText` on both transformers lines. Weights are drawn
+    with std 1 (not 0.02), so that answers depend on the prompt and the image; the same seed gives other weights on
+    transformers 4 and 5, so answers are compared within a stack only.
+    """
+    from transformers import LlamaConfig
+
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision = {**text, "initializer_range": 1.0}
+    if kind == "llava":
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+
+        tokenizer = tiny_vlm_tokenizer(["<image>"])
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}),
+            tokenizer=tokenizer,
+            patch_size=10,
+            vision_feature_select_strategy="full",
+            num_additional_image_tokens=0,
+            chat_template=TINY_VLM_CHAT_TEMPLATE,
+        )
+        vision_config = CLIPVisionConfig(**vision, image_size=30, patch_size=10, projection_dim=16)
+        model_class, extra = LlavaForConditionalGeneration, {"vision_feature_layer": -1, "image_seq_length": 9}
+        image_token = {"image_token_index": tokenizer.convert_tokens_to_ids("<image>")}
+        config_class = LlavaConfig
+    elif kind == "idefics3":
+        from transformers import (
+            Idefics3Config,
+            Idefics3ForConditionalGeneration,
+            Idefics3ImageProcessor,
+            Idefics3Processor,
+            Idefics3VisionConfig,
+        )
+
+        tokenizer = tiny_vlm_tokenizer(["<image>", "<fake_token_around_image>", "<global-img>"])
+        image_processor = Idefics3ImageProcessor(
+            do_image_splitting=image_splitting, size={"longest_edge": 64}, max_image_size={"longest_edge": 32}
+        )
+        processor = Idefics3Processor(
+            image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=TINY_VLM_CHAT_TEMPLATE
+        )
+        vision_config = Idefics3VisionConfig(**vision, image_size=32, patch_size=8).to_dict()
+        model_class, extra = Idefics3ForConditionalGeneration, {"scale_factor": 2}
+        image_token = {"image_token_id": tokenizer.convert_tokens_to_ids("<image>")}
+        config_class = Idefics3Config
+    else:
+        raise ValueError(f"unknown tiny VLM kind {kind!r}")
+    text_config = LlamaConfig(
+        **text,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        initializer_range=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if kind == "idefics3":
+        text_config = text_config.to_dict()
+    torch.manual_seed(0)
+    config = config_class(vision_config=vision_config, text_config=text_config, **image_token, **extra)
+    model_class(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
