@@ -242,10 +242,12 @@ class ITAConfig(PretrainedConfig):
             name only in the checkpoint's folder (or Hub repository) and in the `context_dir` its user passes, and uses
             it only if its checksum matches.
         live_aligners (`list[dict]`, *optional*):
-            Specs of aligners that compute context from the pixels of new images (e.g. `{"type": "image-to-text",
-            "model": "Salesforce/blip-image-captioning-base"}`), used by the pipeline instead of the precomputed
-            aligners for an image they hold no context for (or when their files are not there). They did not produce
-            the training contexts, so they should produce the same kind of text (e.g. captions for BLIP-2 captions).
+            Specs of aligners that compute context from the pixels (and tweet) of new images (e.g. `{"type":
+            "image-to-text", "model": "Salesforce/blip-image-captioning-base"}`, or an `image-text-to-text` /
+            `chat-completions` aligner for a model trained on precomputed knowledge), used by the pipeline instead of
+            the precomputed aligners for an image they hold no context for (or when their files are not there). They
+            did not produce the training contexts, so they should produce the same kind of text (e.g. captions for
+            BLIP-2 captions).
     """
 
     model_type = "ita"
@@ -333,6 +335,15 @@ class ITAConfig(PretrainedConfig):
     def labels(self) -> list[str]:
         """The tags in id order."""
         return [self.id2label[i] for i in range(len(self.id2label))]
+
+    @property
+    def reads_new_images(self) -> bool:
+        """Whether this checkpoint's pipeline turns an image it has never seen into context by itself.
+
+        `False` for a model trained on precomputed contexts (looked up by image id) that names no live aligner, and
+        for a model trained without visual context.
+        """
+        return bool(self.live_aligners) or any(not spec.get("precomputed", False) for spec in self.aligners)
 
     # Setters forward to the encoder so that generic transformers code (e.g. resize_token_embeddings,
     # which writes `config.vocab_size`) keeps the two in sync.

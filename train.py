@@ -510,6 +510,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         test_metrics=results.get("test"),
         model_id=training_args.hub_model_id,
     )
+    config = trainer.model.config
+    if config.aligners and not config.reads_new_images:
+        logger.warning(
+            "%s reads no new image: its visual context was precomputed (looked up by image id) and it names no live "
+            "aligner, so its pipeline tags the tweets of other images text-only (and says so in `alignment_error`). "
+            'Train it with --live_aligner SPEC (e.g. \'{"type": "rapidocr"}\', an image-to-text captioner, or an '
+            "image-text-to-text / chat-completions aligner for knowledge), or give the pipeline aligners=.",
+            output_dir,
+        )
     if push_to_hub:
         if not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ita-twitter2017).")

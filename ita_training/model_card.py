@@ -254,7 +254,7 @@ def render_model_card(
         aligners=aligners,
         live_aligners=live_aligners,
         # Precomputed contexts are looked up by image id: without a live aligner a new image gets none.
-        precomputed_only=bool(aligners) and all(spec["precomputed"] for spec in aligners) and not live_aligners,
+        precomputed_only=bool(config.aligners) and not config.reads_new_images,
         cva=hyperparameters.get("cva", False),
         cva_temperature=config.cva_temperature,
         cva_weight=config.cva_weight,

@@ -135,8 +135,10 @@ class BatchAligner:
         if any(a.needs_images for a in aligners):
             for i, name in enumerate(batch["image"]):
                 images[i], load_errors[i] = self._load(name)
+        # Aligners that read the tweet (a vision-language model asked about its names) get its words joined by spaces.
+        texts = [" ".join(tokens) for tokens in batch["tokens"]]
         contexts = align_images(
-            images, batch["image_id"], aligners, VisualContextBuilder(**self.builder_settings), load_errors
+            images, batch["image_id"], aligners, VisualContextBuilder(**self.builder_settings), load_errors, texts
         )
         out = dict(batch)
         for name in SEGMENTS:

@@ -81,3 +81,33 @@ def minilm_tokenizer(minilm_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture
+def hub_client_online(monkeypatch):
+    """Lets `huggingface_hub.InferenceClient` reach the servers a test starts on 127.0.0.1.
+
+    `make test` sets HF_HUB_OFFLINE=1, which makes InferenceClient refuse every URL, localhost included; on
+    huggingface_hub 0.36 a session made while offline stays blocked until the sessions are reset.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    reset = getattr(huggingface_hub.utils, "reset_sessions", lambda: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    reset()
+    yield
+    constants.HF_HUB_OFFLINE = True  # monkeypatch restores it too; sessions made from now on are offline again
+    reset()
+
+
+@pytest.fixture
+def endpoint():
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers as the test scripts it (`helpers.ScriptedEndpoint`)."""
+    from helpers import ScriptedEndpoint
+
+    server = ScriptedEndpoint()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -1,10 +1,16 @@
 """What test files share: the checkout's path, tweets and label sets, tiny random encoders and ITA models (also saved
 as folders), `train.py` runs in a fresh process, noise images and an offline Hub cache."""
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +381,90 @@ def save_tiny_vlm(folder: Path, kind: str, image_splitting: bool = False) -> Pat
     model_class(config).eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# --- an OpenAI-compatible chat endpoint on 127.0.0.1 ------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (for a server to start on, or to find nothing there)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ScriptedEndpoint(ThreadingHTTPServer):
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers as it is told and records every request.
+
+    `script` holds the next answers (`(status, headers, body)`, or `"ok"`); when it is empty the answer is
+    `answer(request)`, streamed as server-sent events in three chunks. `delay` seconds pass before each answer.
+    """
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict] = []
+        self.script: deque = deque()
+        self.delay = 0.0
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+        self.answer = lambda request: f"Named entities: 1. {prompt_text(request)}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        server: ScriptedEndpoint = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with server.lock:
+            server.requests.append({**body, "authorization": self.headers.get("Authorization"), "path": self.path})
+            server.in_flight += 1
+            server.most_in_flight = max(server.most_in_flight, server.in_flight)
+            step = server.script.popleft() if server.script else "ok"
+        try:
+            time.sleep(server.delay)
+            if step == "ok":
+                text = server.answer(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                third = max(1, len(text) // 3)
+                for piece in (text[:third], text[third : 2 * third], text[2 * third :]):
+                    self.wfile.write(b"data: " + json.dumps(_chunk(piece)).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+            else:
+                status, headers, payload = step
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+
+def prompt_text(request: dict) -> str:
+    """The text of a request's last turn (its content is a string, or parts with the image first)."""
+    content = request["messages"][-1]["content"]
+    return content if isinstance(content, str) else content[-1]["text"]
+
+
+def _chunk(content: str) -> dict:
+    return {
+        "id": "chat-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "tiny",
+        "system_fingerprint": "test",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}],
+    }

@@ -7,22 +7,17 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 from huggingface_hub import constants
 from PIL import Image
 
-from helpers import TWEETS, noise_image, save_tiny_vlm, stop_process
+from helpers import TWEETS, free_port, noise_image, prompt_text, save_tiny_vlm, stop_process
 from knowledge_ita import PGIM_PROMPT, ChatCompletionsAligner, ImageTextToTextAligner
 from precomputed_ita import PrecomputedAligner
 from visual_context_ita import VisualContextBuilder, align_images, aligner_from_dict
@@ -33,104 +28,8 @@ IMAGES = [noise_image(seed, size=(60, 40)) for seed in range(4)]
 
 
 @pytest.fixture(autouse=True)
-def hub_client_online(monkeypatch):
-    """`make test` sets HF_HUB_OFFLINE=1, which makes InferenceClient refuse even 127.0.0.1: lifted for these tests.
-
-    On huggingface_hub 0.36 a session made while offline stays blocked until the sessions are reset.
-    """
-    reset = getattr(huggingface_hub.utils, "reset_sessions", lambda: None)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def online_with_a_key(hub_client_online, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    reset()
-    yield
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    reset()
-
-
-class ScriptedEndpoint(ThreadingHTTPServer):
-    """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers as it is told and records every request.
-
-    `script` holds the next answers (`(status, headers, body)`, or `"ok"`); when it is empty the answer is
-    `answer(request)`, streamed as server-sent events in three chunks. `delay` seconds pass before each answer.
-    """
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[dict] = []
-        self.script: deque = deque()
-        self.delay = 0.0
-        self.in_flight = self.most_in_flight = 0
-        self.lock = threading.Lock()
-        self.answer = lambda request: f"Named entities: 1. {prompt_text(request)}"
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        server: ScriptedEndpoint = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server.lock:
-            server.requests.append({**body, "authorization": self.headers.get("Authorization"), "path": self.path})
-            server.in_flight += 1
-            server.most_in_flight = max(server.most_in_flight, server.in_flight)
-            step = server.script.popleft() if server.script else "ok"
-        try:
-            time.sleep(server.delay)
-            if step == "ok":
-                text = server.answer(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                third = max(1, len(text) // 3)
-                for piece in (text[:third], text[third : 2 * third], text[2 * third :]):
-                    self.wfile.write(b"data: " + json.dumps(_chunk(piece)).encode() + b"\n\n")
-                self.wfile.write(b"data: [DONE]\n\n")
-            else:
-                status, headers, payload = step
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
-
-
-def prompt_text(request: dict) -> str:
-    """The text of a request's last turn (its content is a string, or parts with the image first)."""
-    content = request["messages"][-1]["content"]
-    return content if isinstance(content, str) else content[-1]["text"]
-
-
-def _chunk(content: str) -> dict:
-    return {
-        "id": "chat-1",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "tiny",
-        "system_fingerprint": "test",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}],
-    }
-
-
-@pytest.fixture
-def endpoint():
-    server = ScriptedEndpoint()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def aligner(endpoint, **settings) -> ChatCompletionsAligner:
@@ -250,9 +149,7 @@ def test_a_slow_endpoint_times_out_within_its_retries(endpoint):
 
 
 def test_an_endpoint_that_is_down_is_an_error_naming_it(endpoint):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     chat = ChatCompletionsAligner(f"http://127.0.0.1:{port}/v1", model="tiny", max_retries=1, timeout=2.0)
     with pytest.raises(Exception) as raised:
         chat.align(IMAGES[:1], None, texts=["x"])
@@ -327,9 +224,7 @@ def test_the_spec_names_the_key_variable_and_rebuilds(endpoint):
 def served_vlm(tmp_path_factory):
     """`transformers serve` on 127.0.0.1 with a tiny LLaVA built here; its own TMPDIR (4.57 leaves a PNG per image)."""
     folder = save_tiny_vlm(tmp_path_factory.mktemp("served") / "llava", "llava")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     scratch = tmp_path_factory.mktemp("serve-tmp")
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(scratch), "NO_PROXY": "127.0.0.1"}

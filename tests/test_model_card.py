@@ -15,7 +15,7 @@ from datasets import Dataset
 from huggingface_hub import ModelCard
 
 import train
-from configuration_ita import ITAConfig
+from configuration_ita import DEFAULT_CONTEXT_ORDER, ITAConfig
 from helpers import LABELS, REPO, tiny_train_argv
 from ita_training.hub import check_hub_folder
 from ita_training.model_card import (
@@ -144,7 +144,7 @@ def test_body_lists_labels_context_sources_and_hyperparameters(card):
     assert "`B-PER`" in card and "`I-MISC`" in card and "LOC, MISC, ORG, PER" in card
     assert (
         "3301 of 3373 training tweets had one, built from caption (3301 tweets); segment order "
-        "caption → objects → ocr, joined with ` | `"
+        f"{' → '.join(DEFAULT_CONTEXT_ORDER)}, joined with ` | `"
     ) in card
     assert "on, T = 2.0, λ = 0.5" in card
     assert "| crf_learning_rate | `0.05` |" in card and "| training_steps | `8433` |" in card
@@ -159,15 +159,15 @@ def test_aligner_specs_are_rendered_without_absolute_paths(card, tmp_path):
         '"sha256": "' + "9f2c" * 16 + '", "source": "BLIP-2 captions, PGIM release"}]`'
     ) in card
     assert "`rapidocr`; min_score: `0.5`; model_dir: `rapidocr-v4`" in card and "/opt/models" not in card
-    assert "no aligner of its own for new images" not in card  # the OCR aligner reads new images
+    assert "reads no new image" not in card  # the OCR aligner reads new images
     precomputed_only = render(tmp_path, aligners=(CAPTIONS,))
-    assert "no aligner of its own for new images" in precomputed_only
+    assert "reads no new image" in precomputed_only
     live = render(
         tmp_path,
         aligners=(CAPTIONS,),
         live_aligners=({"type": "image-to-text", "model": "Salesforce/blip-image-captioning-base"},),
     )
-    assert "**Live aligners for new images**" in live and "no aligner of its own for new images" not in live
+    assert "**Live aligners for new images**" in live and "reads no new image" not in live
     assert "`image-to-text`; model: `Salesforce/blip-image-captioning-base`" in live
 
 

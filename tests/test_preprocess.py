@@ -343,8 +343,63 @@ def test_a_failing_aligner_costs_only_the_failing_tweets():
                 raise RuntimeError("cannot handle this one")
             return [{"caption": [f"caption of {i}"]} for i in image_ids]
 
-    batch = {"id": ["0", "1", "2"], "image_id": ["a", "bad", "c"], "image": ["a.jpg", "bad.jpg", "c.jpg"]}
+    batch = {
+        "id": ["0", "1", "2"],
+        "tokens": [["x"], ["y"], ["z"]],
+        "image_id": ["a", "bad", "c"],
+        "image": ["a.jpg", "bad.jpg", "c.jpg"],
+    }
     out = BatchAligner([{"type": "test-picky"}], {}, images_dir=None)(batch)
     assert out["visual_context"] == ["caption of a", "", "caption of c"]
     assert out["alignment_error"] == ["", "test-picky: RuntimeError: cannot handle this one", ""]
     assert out["context_sources"] == [["caption:test-picky"], [], ["caption:test-picky"]]
+
+
+def test_aligners_that_read_the_tweet_get_its_words_joined_and_the_segments_before_them():
+    from aligners_ita import Aligner
+    from preprocess.align import BatchAligner
+
+    class EchoKnowledge(Aligner):
+        """Writes what it was given: the tweet and the caption an earlier aligner made, for every image of a batch."""
+
+        type = "test-echo-knowledge"
+        segments = ("knowledge",)
+        precomputed = True  # reads ids only, so no image files are needed here
+        needs_text = True
+        batches = []
+
+        def __init__(self):
+            super().__init__()
+
+        def settings(self):
+            return {}
+
+        def align(self, images, image_ids=None, texts=None, segments=None):
+            EchoKnowledge.batches.append(list(image_ids))
+            return [{"knowledge": [f"{t} / {s['caption']}"]} for t, s in zip(texts, segments)]
+
+    class Captions(Aligner):
+        type = "test-id-captions"
+        segments = ("caption",)
+        precomputed = True
+
+        def __init__(self):
+            super().__init__()
+
+        def settings(self):
+            return {}
+
+        def align(self, images, image_ids=None):
+            return [{"caption": [f"picture {i}"]} for i in image_ids]
+
+    batch = {
+        "id": ["0", "1"],
+        "tokens": [["Kawhi", "Leonard", "wins"], ["RT", "@NBA", ":", "Warriors"]],
+        "image_id": ["a", "b"],
+        "image": ["a.jpg", "b.jpg"],
+    }
+    specs = [{"type": "test-id-captions"}, {"type": "test-echo-knowledge"}]
+    out = BatchAligner(specs, {"order": ["caption", "knowledge"]}, images_dir=None)(batch)
+    assert out["knowledge"] == [["Kawhi Leonard wins / ['picture a']"], ["RT @NBA : Warriors / ['picture b']"]]
+    assert EchoKnowledge.batches == [["a", "b"]]  # one call for the batch
+    assert out["context_sources"][0] == ["caption:test-id-captions", "knowledge:test-echo-knowledge"]

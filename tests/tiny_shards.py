@@ -5,6 +5,7 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from aligners_ita import SEGMENTS
 from helpers import LABELS
 from preprocess.align import output_features
 from preprocess.shards import SETTINGS_FILE
@@ -31,14 +32,14 @@ FEATURES = output_features(ClassLabel(names=LABELS))
 def tiny_rows(all_segments: bool = False) -> dict[str, list]:
     """The columns of `preprocess.align.output_features` for the 8 TWEETS, as `python -m preprocess` writes them.
 
-    The only segment is the caption (`objects` and `ocr` are empty) unless `all_segments`, which also gives each
+    The only segment is the caption (the others are empty) unless `all_segments`, which also gives each
     captioned tweet OBJECTS and OCR; `visual_context` and `context_sources` are what `VisualContextBuilder` makes
     of the segments.
     """
     builder = VisualContextBuilder()
     rows: dict[str, list] = {name: [] for name in FEATURES}
     for i, (text, tags, caption) in enumerate(TWEETS):
-        segments = {"caption": [caption] if caption else [], "objects": [], "ocr": []}
+        segments = {**{name: [] for name in SEGMENTS}, "caption": [caption] if caption else []}
         if caption and all_segments:
             segments.update(objects=OBJECTS, ocr=OCR)
         context, sources = builder.build(segments)
