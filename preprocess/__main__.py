@@ -11,7 +11,7 @@ Examples:
 
         python -m preprocess --data my_tweets/ --images my_tweets/images \
             --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
-            --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \
+            --aligner object-detection:model=hustvl/yolos-tiny,threshold=0.9 \
             --aligner rapidocr --num-proc 2 --out shards/my_tweets
 
     Two GPUs, one captioner per GPU (`--num-proc 2` map workers, worker i on the i-th device)::
