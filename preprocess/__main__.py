@@ -44,8 +44,11 @@ from configuration_ita import DEFAULT_CONTEXT_ORDER, DEFAULT_CONTEXT_SEPARATOR, 
 from images_ita import DEFAULT_MAX_PIXELS
 from visual_context_ita import ALIGNER_TYPES
 
+from .datasets_reader import COLUMN_OPTIONS
+from .inputs import source_name
 from .readers import DataFormatError
 from .shards import SETTINGS_FILE, WorkStateError, preprocess
+from .tag_schemes import TAG_SCHEMES
 
 
 def parse_aligner(text: str) -> dict[str, Any]:
@@ -112,7 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path",
+        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path; or a "
+        "datasets dataset: a Hub dataset id, a save_to_disk folder (DatasetDict), or Dataset folders as split=FOLDER",
+    )
+    dataset = parser.add_argument_group("a datasets dataset as --data (see docs/preprocessing.md)")
+    dataset.add_argument("--dataset-config", help="the configuration (subset) of a Hub dataset")
+    dataset.add_argument("--revision", help="the branch, tag or commit of a Hub dataset")
+    for role, option in COLUMN_OPTIONS.items():
+        dataset.add_argument(
+            option, dest=f"{role}_column", metavar="COLUMN", help=f"the {role} column (default: found by name)"
+        )
+    dataset.add_argument(
+        "--tag-scheme",
+        choices=TAG_SCHEMES,
+        help="the tags' scheme, converted to BIO (default: BIOES when the tags' ClassLabel names E-/S- tags, else BIO)",
     )
     parser.add_argument("--encoding", help="encoding of the data files (default: a byte-order mark's, else utf-8)")
     parser.add_argument(
@@ -154,7 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--separator", default=DEFAULT_CONTEXT_SEPARATOR, help="text between segments")
     parser.add_argument("--max-words-per-segment", type=int, help="word cap per segment")
     parser.add_argument("--max-words", type=int, help="word cap for the whole context")
-    parser.add_argument("--entity-types", nargs="+", help="entity types in label order (default: all found, sorted)")
+    parser.add_argument(
+        "--entity-types",
+        nargs="+",
+        help="entity types in label order, after renaming (default: the tags' ClassLabel order, else all found, sorted)",
+    )
+    parser.add_argument(
+        "--rename-types",
+        nargs="+",
+        metavar="OLD=NEW",
+        help="rename entity types, e.g. OTHER=MISC so that Twitter-2015 data matches Twitter-2017 models (recorded in "
+        "the settings)",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes for Dataset.map")
     parser.add_argument(
         "--devices",
@@ -166,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="tweets per map batch")
     parser.add_argument("--chunk-size", type=int, default=1000, help="tweets per resumable chunk")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    parser.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="store the images' bytes in the image column (a self-contained dataset) instead of their paths",
+    )
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results or work with other settings")
     return parser
 
@@ -224,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             encoding=args.encoding,
             columns=args.columns,
             devices=resolve_devices(args.devices),
+            dataset_config=args.dataset_config,
+            revision=args.revision,
+            dataset_columns={role: getattr(args, f"{role}_column") for role in COLUMN_OPTIONS},
+            tag_scheme=args.tag_scheme,
+            rename_types=args.rename_types,
+            embed_images=args.embed_images,
         )
     except WorkStateError as err:
         if speaks:
@@ -240,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             with_context = sum(1 for c in dataset["visual_context"] if c)
             errors = sum(1 for e in dataset["alignment_error"] if e)
             print(
-                f"{split}: {data[split]['tweets']} tweets in ({Path(data[split]['path']).name}), {len(dataset)} out, "
+                f"{split}: {data[split]['tweets']} tweets in ({source_name(data[split])}), {len(dataset)} out, "
                 f"{with_context} with visual context, {errors} with alignment errors"
             )
     return 0
