@@ -54,7 +54,7 @@ from configuration_ita import PRECOMPUTED_TYPE
 from images_ita import DEFAULT_MAX_PIXELS
 from visual_context_ita import VisualContextBuilder, normalize_spec, spec_is_precomputed
 
-from .align import BatchAligner, cached_aligner, output_features, takes_device
+from .align import BatchAligner, cached_aligner, check_model, output_features, takes_device
 from .datasets_reader import is_dataset_source, read_dataset
 from .inputs import InputData, SplitInput, read_files
 from .readers import DataFormatError, check_columns, check_encoding
@@ -451,6 +451,8 @@ def preprocess(
     for spec in aligners:
         if spec_is_precomputed(spec):
             _check_contexts(spec, inputs.image_ids)
+        else:
+            check_model(spec)
     settings = {
         "data": inputs.data,
         "reader": inputs.reader,
