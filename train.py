@@ -42,7 +42,7 @@ from configuration_ita import (
     validate_aligner_spec,
 )
 from ita_training.checkpoints import check_resumable, checkpoint_folders, resumable_checkpoint
-from ita_training.hub import push_folder, save_hub_folder
+from ita_training.hub import HubAccessError, check_hub_access, push_folder, save_hub_folder
 from ita_training.model_card import count_context_sources, minilm_folder, write_model_card
 from ita_training.trainer import ITATrainer, ITATrainingArguments
 from modeling_ita import ITAForTokenClassification
@@ -412,6 +412,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     # transformers' own push (a Hub repo created when the Trainer is built, uploads at every save) is
     # replaced by one upload of the finished folder at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if push_to_hub and training_args.process_index == 0:
+        # Before the first step: a run of hours must not find out at its end that it cannot upload.
+        check_hub_access(
+            training_args.hub_model_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
+        )
     set_seed(training_args.seed)
     # The main process first: it writes the datasets cache the others then read, and removes interrupted
     # checkpoints before the others look for one.
@@ -511,8 +516,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         model_id=training_args.hub_model_id,
     )
     if push_to_hub:
-        if not training_args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ita-twitter2017).")
         results["hub_commit"] = push_folder(
             output_dir,
             training_args.hub_model_id,
@@ -577,7 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.set_verbosity(level)
         datasets_logging.set_verbosity(level)
         disable_progress_bars()
-    results = run(model_args, data_args, training_args)
+    try:
+        results = run(model_args, data_args, training_args)
+    except HubAccessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for split in ("eval", "test"):
         if split in results:
             logger.info(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from configuration_ita import PIPELINE_TASK
@@ -23,6 +25,70 @@ PATH_IN_TEXT = re.compile(r"(?<![\w:/.~-])/[^\s`'\"()<>\[\]|,;]+")
 
 class IncompleteHubFolderError(ValueError):
     """The output folder lacks something a user of the Hub repository needs."""
+
+
+class HubAccessError(ValueError):
+    """A Hub repository cannot be written from here; the one-line message says why and what to do."""
+
+
+def check_hub_access(
+    repo_id: str | None,
+    token: str | None = None,
+    private: bool = False,
+    repo_type: str = "model",
+    option: str = "--push_to_hub",
+) -> str:
+    """Checks, before any work, that `repo_id` can be uploaded to, so that a long run does not fail at its end.
+
+    The Hub must be on and reachable and the token valid, and the repository must exist or be created: it is created
+    (`exist_ok`) now, as `Trainer` does when it starts.
+
+    Args:
+        repo_id: The repository, `owner/name` or `name`.
+        token: A Hub token; `None` uses the one `hf auth login` stored.
+        private: Create the repository private.
+        repo_type: `"model"` or `"dataset"`.
+        option: The option that asked for the upload, for messages.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        HubAccessError: No repository id, HF_HUB_OFFLINE set, no or an invalid token, the Hub unreachable, or no
+            permission to create or write the repository.
+    """
+    if not repo_id:
+        raise HubAccessError(f"{option} needs the repository to upload to (train.py: --hub_model_id your-name/ita-t17)")
+    where = f"{option} {repo_id}"
+    if hub_constants.HF_HUB_OFFLINE:
+        raise HubAccessError(f"{where}: HF_HUB_OFFLINE=1 keeps the Hub off; unset it to upload, or leave out {option}")
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()["name"]
+    except LocalTokenNotFoundError:
+        raise HubAccessError(f"{where}: not logged in to the Hub; run `hf auth login` or give a token") from None
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise HubAccessError(
+                f"{where}: the Hub refuses the token (401); log in again with `hf auth login`"
+            ) from None
+        raise HubAccessError(f"{where}: the Hub answered {status}: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - whatever stops the request (DNS, refused, TLS, timeout; requests' or httpx's types) means the Hub cannot be reached.
+        raise HubAccessError(
+            f"{where}: cannot reach the Hub ({type(err).__name__}: {' '.join(str(err).split())}); check the network, "
+            "or leave out the upload"
+        ) from None
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        raise HubAccessError(
+            f"{where}: {user} cannot create or write this {repo_type} repository ({status}: "
+            f"{' '.join(str(err).split())}); choose a repository under your name or an organisation you can write to"
+        ) from None
+    logger.info("Uploading to %s as %s at the end", url, user)
+    return str(url)
 
 
 def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
