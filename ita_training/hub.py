@@ -233,6 +233,45 @@ def check_hub_folder(folder: str | Path) -> list[str]:
     return files
 
 
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    repo_type: str,
+    commit_message: str,
+    token: str | None = None,
+    private: bool = False,
+    ignore_patterns: list[str] | None = None,
+    retry: str = "upload the folder again",
+) -> str:
+    """Creates `repo_id` if needed and uploads `folder` to it in one commit.
+
+    Args:
+        retry: What to do after a failed upload, for the message.
+
+    Returns:
+        The URL of the Hub commit.
+
+    Raises:
+        HubAccessError: The upload failed (one line, with `retry`).
+    """
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type=repo_type,
+            commit_message=commit_message,
+            ignore_patterns=ignore_patterns,
+        )
+    except Exception as err:  # whatever stops the upload (an HTTP status, the network: requests' or httpx's types): re-raised as one line
+        raise HubAccessError(
+            f"uploading to the {repo_type} repository {repo_id} failed ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}); {retry}"
+        ) from err
+    return str(getattr(commit, "commit_url", commit))
+
+
 def push_folder(
     folder: str | Path,
     repo_id: str,
@@ -246,16 +285,12 @@ def push_folder(
 
     Returns:
         The URL of the Hub commit.
+
+    Raises:
+        IncompleteHubFolderError: The folder lacks something (see `check_hub_folder`).
+        HubAccessError: The upload failed.
     """
     files = check_hub_folder(folder)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     logger.info("Uploading %d files from %s to %s", len(files), folder, repo_id)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        commit_message=commit_message,
-        ignore_patterns=IGNORE_PATTERNS,
-    )
-    return str(getattr(commit, "commit_url", commit))
+    retry = f"{folder} is complete: upload it with `hf upload {repo_id} {folder} --exclude 'checkpoint-*/*'`"
+    return upload_folder(folder, repo_id, "model", commit_message, token, private, IGNORE_PATTERNS, retry)

@@ -146,11 +146,12 @@ def count_context_sources(dataset: Dataset, segments: Sequence[str]) -> ContextS
     )
 
 
-def _without_paths(value: Any) -> Any:
+def without_paths(value: Any) -> Any:
+    """`value` (JSON-like, nested) with every absolute path replaced by its file name: what a published card may say."""
     if isinstance(value, dict):
-        return {key: _without_paths(item) for key, item in value.items()}
+        return {key: without_paths(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_paths(item) for item in value]
+        return [without_paths(item) for item in value]
     if isinstance(value, str) and (os.path.isabs(value) or PureWindowsPath(value).is_absolute()):
         # PureWindowsPath splits on both separators, so it names the file of a POSIX or a Windows path.
         return PureWindowsPath(value).name
@@ -163,7 +164,7 @@ def spec_settings(spec: dict[str, Any]) -> list[tuple[str, str]]:
     Every key but `type` and `precomputed`: text as it is, other values as JSON, and any absolute path by its file
     name only (a published card names no local path).
     """
-    settings = _without_paths({key: value for key, value in spec.items() if key not in ("type", "precomputed")})
+    settings = without_paths({key: value for key, value in spec.items() if key not in ("type", "precomputed")})
     return [
         (key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         for key, value in settings.items()
