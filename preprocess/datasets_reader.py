@@ -122,7 +122,11 @@ def is_dataset_source(data: Any) -> bool:
 
 
 def load_hub_dataset(
-    name: str, config: str | None = None, revision: str | None = None, option: str = "--data"
+    name: str,
+    config: str | None = None,
+    revision: str | None = None,
+    option: str = "--data",
+    folder_option: str = "--data",
 ) -> DatasetDict:
     """`load_dataset(name, config, revision=revision)`, with errors that say what to do.
 
@@ -133,6 +137,7 @@ def load_hub_dataset(
         config: Its configuration (subset), if it has several.
         revision: A branch, tag or commit.
         option: The option that gave `name`, for messages.
+        folder_option: The option that takes the dataset saved to a folder instead, for messages.
 
     Raises:
         DataFormatError: The Hub cannot be reached (or is switched off) and the dataset is not cached, or there is no
@@ -149,7 +154,7 @@ def load_hub_dataset(
         raise DataFormatError(
             f"{option} {name}: no local folder or file has this name, so it is read as a Hub dataset id, but {why} "
             f"and the dataset is not in the local cache. Where the Hub is reachable, save it with "
-            f"`datasets.load_dataset({name!r}).save_to_disk('FOLDER')`, then pass {option} FOLDER"
+            f"`datasets.load_dataset({name!r}).save_to_disk('FOLDER')`, then pass {folder_option} FOLDER"
         ) from None
     except DatasetNotFoundError as err:
         raise DataFormatError(

@@ -1,6 +1,6 @@
 """Shards that go to the Hub and come back: the repository folder (Parquet with the images in it, the dataset card, the
-settings without paths) round-trips through `load_dataset`, and `--push-to-hub` checks the Hub before any work and
-sends that folder."""
+settings without paths) round-trips through `load_dataset`, `--push-to-hub` checks the Hub before any work and sends
+that folder, and `train.py` trains on the shards and on `--dataset_name`, whose model the pipeline then runs."""
 
 import json
 from pathlib import Path
@@ -11,8 +11,10 @@ import yaml
 from datasets import Dataset, Image, Value, load_dataset, load_from_disk
 from huggingface_hub import constants as hub_constants
 
-from helpers import LABELS
-from preprocess import preprocess
+import train
+from configuration_ita import ITAConfig
+from helpers import LABELS, render_text, save_tiny_encoder, tiny_train_argv
+from preprocess import DataFormatError, preprocess
 from preprocess.__main__ import main
 from preprocess.publish import push_shards, write_hub_folder
 from preprocess.shards import SETTINGS_FILE
@@ -152,4 +154,47 @@ def test_cli_push_checks_the_hub_before_any_work_and_uploads_after_it(shards, tm
     assert error == (
         f"error: uploading to the dataset repository {REPO_ID} failed (ConnectionError: connection reset); the shards "
         f"in {tmp_path / 'out'} are complete: the same command uploads them again"
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory, minilm_dir) -> Path:
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), minilm_dir)
+
+
+def test_trained_from_the_shards_and_from_dataset_name_then_tagged_by_the_pipeline(
+    shards, hub_folder, tiny_encoder, tmp_path
+):
+    from transformers import pipeline
+
+    options = ("--max_steps", "2", "--max_context_tokens", "16")
+    from_shards = train.run(*train.parse_args(tiny_train_argv(shards, tiny_encoder, tmp_path / "a", *options)))
+    argv = tiny_train_argv(hub_folder, tiny_encoder, tmp_path / "b", *options, data_option="--dataset_name")
+    from_hub = train.run(*train.parse_args(argv))
+    assert from_hub["train"]["train_loss"] == pytest.approx(from_shards["train"]["train_loss"])
+    for output_dir in (tmp_path / "a", tmp_path / "b"):
+        config = ITAConfig.from_pretrained(output_dir)
+        # The aligner that made the context comes from the settings beside the data, in both forms.
+        assert [spec["type"] for spec in config.aligners] == ["rapidocr"] and config.labels == LABELS
+    assert "ITA on tiny-mner" in (tmp_path / "b" / "README.md").read_text()
+    ner = pipeline(model=str(tmp_path / "b"), trust_remote_code=True)
+    tagged = ner("Obama visits Paris today", image=render_text("PARIS"), return_visual_context=True)
+    assert tagged["visual_context"] == "PARIS"
+    assert all(entity["entity_group"] in {"PER", "LOC", "ORG", "MISC"} for entity in tagged["entities"])
+    with pytest.raises(ValueError, match="is a save_to_disk folder: give it as --dataset_path"):
+        train.run(
+            *train.parse_args(tiny_train_argv(shards, tiny_encoder, tmp_path / "c", data_option="--dataset_name"))
+        )
+
+
+def test_train_reads_the_data_once_and_a_hub_id_offline_says_how_to_pass_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"Give the data once: --dataset_path \(a shards folder\) or --dataset_name"):
+        train.parse_args(["--dataset_path", "x", "--dataset_name", "y", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="Give the data: --dataset_path .* or --dataset_name"):
+        train.prepare_data(train.DataArguments())
+    with pytest.raises(DataFormatError) as error:
+        train.prepare_data(train.DataArguments(dataset_name="nobody/no-such-mner"))
+    assert str(error.value).startswith("--dataset_name nobody/no-such-mner: no local folder or file has this name")
+    assert str(error.value).endswith(
+        "`datasets.load_dataset('nobody/no-such-mner').save_to_disk('FOLDER')`, then pass --dataset_path FOLDER"
     )

@@ -89,6 +89,9 @@ def test_help_lists_the_ita_options():
     for option in (
         "--encoder_name_or_path",
         "--dataset_path",
+        "--dataset_name",
+        "--dataset_config_name",
+        "--dataset_title",
         "--context_columns",
         "--cva",
         "--cva_temperature",
