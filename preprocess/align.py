@@ -6,21 +6,20 @@ step, so that training contexts and inference contexts are made the same way.
 
 from __future__ import annotations
 
-import builtins
 import inspect
 import json
 import os
-import re
 from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 from typing import Any
 
 from datasets import ClassLabel, Features, Image, Sequence, Value
-from huggingface_hub import constants as hub_constants
 
 from aligners_ita import SEGMENTS, Aligner
 from images_ita import DEFAULT_MAX_PIXELS, find_image_file, load_image
 from visual_context_ita import ALIGNER_TYPES, VisualContextBuilder, align_images, aligner_from_dict, spec_is_precomputed
+
+from .aligner_loading import load_failure
 
 # How `BatchAligner` stores the images it read, and the `image` column's feature for each: the column as given (file
 # names), the image files' absolute paths, or their bytes (a self-contained dataset). Paths are strings, as `datasets`
@@ -30,82 +29,6 @@ IMAGE_STORAGE: dict[str | None, Value | Image] = {None: Value("string"), "paths"
 # or captioner per batch would dominate the run time. Keyed by the JSON of the spec and the size and modification
 # time of the files it reads, so that a context file rewritten in place is read again.
 _ALIGNER_CACHE: dict[str, Aligner] = {}
-
-
-# A line of a quoted traceback that names the exception raised: `OSError: Error no file named ...`.
-_RAISED = re.compile(r"^([\w.]*(?:Error|Exception)): (.*)$")
-
-
-class AlignerLoadError(ValueError):
-    """An aligner's model cannot be loaded; the one-line message names the aligner, the model and what to do.
-
-    Raised in whichever `map` worker builds the aligner first, and re-raised as it is in the main process.
-    """
-
-
-def _root_cause(err: Exception) -> tuple[type[BaseException], str]:
-    """What made `err`: its type and message, on one line.
-
-    transformers' pipelines raise a `ValueError` that quotes the tracebacks of their attempts: the last exception
-    quoted is what made it.
-    """
-    kind: type[BaseException] = type(err)
-    message = str(err)
-    if "Traceback (most recent call last)" in message:
-        quoted = [found for line in message.splitlines() if (found := _RAISED.match(line.strip()))]
-        if quoted:
-            name, message = quoted[-1].groups()
-            found_kind = getattr(builtins, name.rsplit(".", 1)[-1], None)
-            kind = found_kind if isinstance(found_kind, type) and issubclass(found_kind, BaseException) else Exception
-            message = f"{name}: {message}"
-    else:
-        message = f"{kind.__name__}: {message}"
-    return kind, " ".join(message.split())
-
-
-def _load_failure(spec: dict[str, Any], err: Exception) -> AlignerLoadError:
-    """The `AlignerLoadError` of a model aligner that failed to build, with what to do about that kind of failure."""
-    model = spec.get("model")
-    kind, reason = _root_cause(err)
-    if issubclass(kind, ImportError):
-        fix = "install the package the error names, or choose a model that does not need it"
-    elif issubclass(kind, OSError) and isinstance(model, str) and Path(model).exists():
-        fix = f"the folder {model} holds no complete model: save one there (save_pretrained) or give model= a Hub id"
-    elif issubclass(kind, OSError) and hub_constants.HF_HUB_OFFLINE:
-        fix = (
-            f"HF_HUB_OFFLINE=1 is set: download the model where the Hub is reachable (hf download {model}) so that it "
-            "is in the cache, or give model= a local folder"
-        )
-    elif issubclass(kind, OSError):
-        fix = (
-            "check that the model= id names a Hub model (or a local folder); if it does, download it where the Hub is "
-            f"reachable (hf download {model}) or give model= a local folder"
-        )
-    else:
-        fix = f"check the aligner's settings {spec}"
-    return AlignerLoadError(f"aligner {spec.get('type')} cannot load the model {model!r} ({reason}); {fix}")
-
-
-def check_model(spec: dict[str, Any]) -> None:
-    """Find the `config.json` of a model aligner's model (a local folder, the Hub cache or the Hub) before any work.
-
-    An unknown id, or a model not downloaded while offline, is then an error before anything is written; a failure
-    only building the model can show (a missing package) comes from the `map` worker that builds it, as one line too.
-
-    Raises:
-        AlignerLoadError: The model's files cannot be found.
-    """
-    from transformers.utils import cached_file
-
-    model = spec.get("model")
-    if spec_is_precomputed(spec) or not isinstance(model, str):
-        return
-    try:
-        found = cached_file(model, "config.json", revision=spec.get("revision"))
-    except OSError as err:
-        raise _load_failure(spec, err) from err
-    if found is None:
-        raise _load_failure(spec, FileNotFoundError(f"{model} has no config.json"))
 
 
 def cached_aligner(spec: dict[str, Any]) -> Aligner:
@@ -124,7 +47,7 @@ def cached_aligner(spec: dict[str, Any]) -> Aligner:
         except Exception as err:  # any failure to build a model aligner becomes one line that says why (re-raised)
             if spec_is_precomputed(spec):
                 raise
-            raise _load_failure(spec, err) from err
+            raise load_failure(spec, err) from err
     return _ALIGNER_CACHE[key]
 
 

@@ -54,7 +54,8 @@ from configuration_ita import PRECOMPUTED_TYPE
 from images_ita import DEFAULT_MAX_PIXELS
 from visual_context_ita import VisualContextBuilder, normalize_spec, spec_is_precomputed
 
-from .align import BatchAligner, cached_aligner, check_model, output_features, takes_device
+from .align import BatchAligner, cached_aligner, output_features, takes_device
+from .aligner_loading import check_model
 from .datasets_reader import is_dataset_source, read_dataset
 from .inputs import InputData, SplitInput, read_files
 from .readers import DataFormatError, check_columns, check_encoding

@@ -366,9 +366,9 @@ def test_a_model_that_fails_only_in_the_map_workers_is_one_line_too(tmp_path):
 
 
 def test_a_missing_package_says_to_install_it():
-    from preprocess.align import _load_failure
+    from preprocess.aligner_loading import load_failure
 
-    error = _load_failure(
+    error = load_failure(
         {"type": "object-detection", "model": "facebook/detr-resnet-50"},
         ImportError("DetrConvEncoder requires the timm library but it was not found in your environment.\nYou can..."),
     )
