@@ -184,6 +184,8 @@ class ObjectTagAligner(Aligner):
         candidate_labels: Text queries for zero-shot detectors.
         batch_size: Images per forward pass.
         device: Pipeline device (`None` = CPU).
+        revision: The Hub revision (branch, tag or commit) of a model given by id; `None` is the default branch.
+            A commit makes the aligner reproducible when the repository changes.
     """
 
     type = "object-detection"
@@ -200,10 +202,12 @@ class ObjectTagAligner(Aligner):
         candidate_labels: list[str] | None = None,
         batch_size: int = 8,
         device: str | int | None = None,
+        revision: str | None = None,
     ) -> None:
         from transformers import pipeline
 
         self.model_name = _model_name(model)
+        self.revision = revision
         self.threshold = threshold
         self.top_k = top_k
         self.deduplicate = deduplicate
@@ -212,7 +216,7 @@ class ObjectTagAligner(Aligner):
         self.device = device
         if isinstance(model, str):
             task = "zero-shot-object-detection" if self.candidate_labels else "object-detection"
-            model = pipeline(task, model=model, device=_device_arg(device))
+            model = pipeline(task, model=model, revision=revision, device=_device_arg(device))
         self.pipe = model
 
     def settings(self) -> dict[str, Any]:
@@ -224,6 +228,7 @@ class ObjectTagAligner(Aligner):
             "candidate_labels": self.candidate_labels,
             "batch_size": self.batch_size,
             "device": self.device,
+            "revision": self.revision,
         }
 
     def tags(self, detections: Iterable[dict[str, Any]]) -> list[str]:

@@ -41,6 +41,8 @@ from starlette.routing import Route
 
 logger = logging.getLogger("handler_server")
 
+# This machine only: serving a model to the network is a choice (`--host 0.0.0.0`), never the default.
+DEFAULT_HOST = "127.0.0.1"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 # Requests tagged at once. The model's forward already uses every core through torch's threads; more workers
 # overlap the waits for image URLs.
@@ -176,11 +178,19 @@ def _error(status_code: int, message: str, error_type: str) -> Response:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="the checkpoint folder (holding handler.py)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 serves every network interface)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s); 0 picks a free port")
     parser.add_argument("--handler", type=Path, help="a handler.py to use instead of the checkpoint's")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="handler calls at once")
-    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="handler calls at once (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger requests get 413 (default: %(default)s)"
+    )
     parser.add_argument(
         "--max-text-chars", type=int, help="characters a text may have (default: the handler's, or ITA_MAX_TEXT_CHARS)"
     )

@@ -7,6 +7,9 @@ Modelled on transformers' `examples/pytorch/token-classification/run_ner.py`. Ex
     python train.py --dataset_path shards/twitter2017-blip2 --output_dir runs/t17 \
         --learning_rate 5e-5 --num_train_epochs 2 --per_device_train_batch_size 8
 
+    # Shards uploaded by `python -m preprocess --push-to-hub` (or any dataset with their columns), as run_ner.py reads
+    python train.py --dataset_name me/twitter2017-ita --output_dir runs/t17-hub
+
     # The paper's setting (GPU): XLM-R-large, lr 5e-6, CRF lr 0.05, 10 epochs, batch 4, T=4 for Twitter-2015
     python train.py --encoder_name_or_path xlm-roberta-large --dataset_path shards/twitter2015-blip2 \
         --cva_temperature 4 --output_dir runs/t15-xlmr --bf16 --push_to_hub --hub_model_id me/ita-t15
@@ -42,10 +45,11 @@ from configuration_ita import (
     validate_aligner_spec,
 )
 from ita_training.checkpoints import check_resumable, checkpoint_folders, resumable_checkpoint
-from ita_training.hub import push_folder, save_hub_folder
+from ita_training.hub import HubAccessError, check_hub_access, push_folder, save_hub_folder
 from ita_training.model_card import count_context_sources, minilm_folder, write_model_card
 from ita_training.trainer import ITATrainer, ITATrainingArguments
 from modeling_ita import ITAForTokenClassification
+from preprocess.datasets_reader import is_saved_dataset, load_hub_dataset
 from preprocess.shards import SETTINGS_FILE
 from visual_context_ita import ALIGNER_TYPES, VisualContextBuilder, normalize_spec
 
@@ -146,6 +150,16 @@ class DataArguments:
     dataset_path: str = field(
         default=None, metadata={"help": "Folder written by `python -m preprocess` (DatasetDict.save_to_disk)."}
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --dataset_path: a Hub dataset id or a local folder that datasets.load_dataset reads, "
+            "holding the shards' columns (e.g. shards uploaded by `python -m preprocess --push-to-hub`)."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration (subset) of --dataset_name, if it has several."}
+    )
     context_columns: list[str] | None = field(
         default=None,
         metadata={
@@ -166,11 +180,14 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N dev and test tweets only (reported as such)."}
     )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Name of the data in the model card; default: the shards folder's name."}
+    dataset_title: str | None = field(
+        default=None,
+        metadata={"help": "Name of the data in the model card; default: --dataset_name, or the shards folder's name."},
     )
 
     def __post_init__(self) -> None:
+        if self.dataset_path and self.dataset_name:
+            raise ValueError("Give the data once: --dataset_path (a shards folder) or --dataset_name (load_dataset).")
         for option in ("max_train_samples", "max_eval_samples"):
             count = getattr(self, option)
             if count is not None and count < 1:
@@ -181,6 +198,51 @@ def shard_settings(dataset_path: Path) -> dict[str, Any]:
     """The settings `python -m preprocess` stored beside the shards ({} for shards made some other way)."""
     settings_file = dataset_path / SETTINGS_FILE
     return json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+
+
+def hub_settings(name: str) -> dict[str, Any]:
+    """The settings a `--dataset_name` repository (or local folder) holds beside its data ({} when it holds none).
+
+    A Hub dataset uploaded by `python -m preprocess --push-to-hub` has them; offline they come from the Hub cache.
+    """
+    if Path(name).is_dir():
+        return shard_settings(Path(name))
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(name, SETTINGS_FILE, repo_type="dataset")).read_text(encoding="utf-8"))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        logger.info("%s holds no %s: its visual_context is used as it is.", name, SETTINGS_FILE)
+        return {}
+
+
+def load_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]:
+    """The splits of `--dataset_path` (`load_shards`) or `--dataset_name` (`load_dataset`), and their settings.
+
+    Raises:
+        ValueError: Neither is given, or `--dataset_name` names a `save_to_disk` folder (that is `--dataset_path`).
+        FileNotFoundError: `--dataset_path` is not a saved `DatasetDict`.
+        DataFormatError: `--dataset_name` cannot be loaded (offline and not cached, or no such dataset).
+    """
+    if data_args.dataset_name:
+        name = data_args.dataset_name
+        if is_saved_dataset(Path(name)):
+            raise ValueError(f"--dataset_name {name} is a save_to_disk folder: give it as --dataset_path.")
+        datasets = load_hub_dataset(
+            name, data_args.dataset_config_name, option="--dataset_name", folder_option="--dataset_path"
+        )
+        return datasets, hub_settings(name)
+    if not data_args.dataset_path:
+        raise ValueError(
+            "Give the data: --dataset_path (the folder written by `python -m preprocess`) or --dataset_name."
+        )
+    path = Path(data_args.dataset_path)
+    if not (path / "dataset_dict.json").is_file():
+        raise FileNotFoundError(
+            f"{path} is not a saved DatasetDict; create it with `python -m preprocess --out {path}`."
+        )
+    return load_shards(path), shard_settings(path)
 
 
 def load_shards(path: Path) -> DatasetDict:
@@ -209,15 +271,14 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
         `context_max_words`, `context_piece_separators`), `aligners` (specs of the aligners whose segments the
         context uses) and `context_columns`.
     """
-    if not data_args.dataset_path:
-        raise ValueError("--dataset_path is required: the folder written by `python -m preprocess`.")
-    path = Path(data_args.dataset_path)
-    if not (path / "dataset_dict.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a saved DatasetDict; create it with `python -m preprocess --out {path}`."
-        )
-    datasets = load_shards(path)
-    settings = shard_settings(path)
+    datasets, settings = load_data(data_args)
+    # Training reads the text; an image column would only be decoded for every row the collator gets.
+    datasets = DatasetDict(
+        {
+            split: dataset.remove_columns([c for c in ("image",) if c in dataset.column_names])
+            for split, dataset in datasets.items()
+        }
+    )
     builder_settings = dict(settings.get("builder") or {})
     order = list(data_args.context_order or builder_settings.get("order") or DEFAULT_CONTEXT_ORDER)
     separator = data_args.context_separator or builder_settings.get("separator") or DEFAULT_CONTEXT_SEPARATOR
@@ -260,6 +321,15 @@ def prepare_data(data_args: DataArguments) -> tuple[DatasetDict, dict[str, Any]]
     return datasets, context
 
 
+def data_title(data_args: DataArguments) -> str:
+    """The data's name in the model card: `--dataset_title`, else the Hub id, else the folder's name (never a path)."""
+    if data_args.dataset_title:
+        return data_args.dataset_title
+    if data_args.dataset_name and not Path(data_args.dataset_name).exists():
+        return data_args.dataset_name
+    return Path(data_args.dataset_name or data_args.dataset_path).name
+
+
 def limit(dataset: Dataset | None, count: int | None) -> Dataset | None:
     """The first `count` rows of `dataset` (all of them when `count` is None)."""
     if dataset is None or count is None:
@@ -271,7 +341,7 @@ def get_split(datasets: DatasetDict, name: str, option: str, data_args: DataArgu
     """`datasets[name]`, or an error naming the option and the splits there are."""
     if name not in datasets:
         raise ValueError(
-            f"{option} {name!r}: {data_args.dataset_path} has no such split (it has "
+            f"{option} {name!r}: {data_args.dataset_path or data_args.dataset_name} has no such split (it has "
             f"{sorted(datasets)}); choose one with {option}."
         )
     return datasets[name]
@@ -412,6 +482,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     # transformers' own push (a Hub repo created when the Trainer is built, uploads at every save) is
     # replaced by one upload of the finished folder at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if push_to_hub and training_args.process_index == 0:
+        # Before the first step: a run of hours must not find out at its end that it cannot upload.
+        check_hub_access(
+            training_args.hub_model_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
+        )
     set_seed(training_args.seed)
     # The main process first: it writes the datasets cache the others then read, and removes interrupted
     # checkpoints before the others look for one.
@@ -498,7 +573,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
         config=trainer.model.config,
         # A fine-tuned ITA checkpoint, when given, is what the weights started from, not the encoder option.
         encoder=model_args.model_name_or_path or model_args.encoder_name_or_path,
-        dataset_name=data_args.dataset_name or Path(data_args.dataset_path).name,
+        dataset_name=data_title(data_args),
         dataset_sizes={
             "train": len(train_dataset),
             "validation": len(eval_dataset),
@@ -520,8 +595,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
             output_dir,
         )
     if push_to_hub:
-        if not training_args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ita-twitter2017).")
         results["hub_commit"] = push_folder(
             output_dir,
             training_args.hub_model_id,
@@ -586,7 +659,11 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.set_verbosity(level)
         datasets_logging.set_verbosity(level)
         disable_progress_bars()
-    results = run(model_args, data_args, training_args)
+    try:
+        results = run(model_args, data_args, training_args)
+    except HubAccessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for split in ("eval", "test"):
         if split in results:
             logger.info(

@@ -107,7 +107,7 @@ def train_model(shards: Path) -> Path:
             "",
             "--logging_steps",
             "25",
-            "--dataset_name",
+            "--dataset_title",
             "Twitter-2017 + BLIP-2 captions",
         ] + (["--max_eval_samples", EVAL_TWEETS] if EVAL_TWEETS else [])
         print(f"      training {TRAIN_STEPS} steps of 8 tweets (set DEMO_TRAIN_STEPS to change the budget)")

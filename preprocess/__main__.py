@@ -11,7 +11,7 @@ Examples:
 
         python -m preprocess --data my_tweets/ --images my_tweets/images \
             --aligner image-to-text:model=Salesforce/blip-image-captioning-base \
-            --aligner object-detection:model=facebook/detr-resnet-50,threshold=0.9 \
+            --aligner object-detection:model=hustvl/yolos-tiny,threshold=0.9 \
             --aligner rapidocr --num-proc 2 --out shards/my_tweets
 
     Two GPUs, one captioner per GPU (`--num-proc 2` map workers, worker i on the i-th device)::
@@ -26,7 +26,12 @@ Examples:
             -m preprocess --data my_tweets/ --images my_tweets/images \
             --aligner image-to-text:model=Salesforce/blip-image-captioning-base --devices auto --out shards/my_tweets
 
-    See docs/preprocessing.md for the file formats, recovery after a kill and clusters.
+    A dataset on the Hub with an Image column and BIOES ClassLabel tags, uploaded with its card once done::
+
+        python -m preprocess --data me/my-mner --revision main --aligner rapidocr:threads=1 \
+            --out shards/my-mner --push-to-hub me/my-mner-ita --license cc-by-4.0
+
+    See docs/preprocessing.md for the file and dataset formats, recovery after a kill, the Hub and clusters.
 """
 
 from __future__ import annotations
@@ -42,10 +47,14 @@ from typing import Any
 
 from configuration_ita import DEFAULT_CONTEXT_ORDER, DEFAULT_CONTEXT_SEPARATOR, PRECOMPUTED_TYPE
 from images_ita import DEFAULT_MAX_PIXELS
+from ita_training.hub import HubAccessError, check_hub_access
 from visual_context_ita import ALIGNER_TYPES
 
+from .datasets_reader import COLUMN_OPTIONS
+from .inputs import source_name
 from .readers import DataFormatError
 from .shards import SETTINGS_FILE, WorkStateError, preprocess
+from .tag_schemes import TAG_SCHEMES
 
 
 def parse_aligner(text: str) -> dict[str, Any]:
@@ -112,7 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path",
+        help="dataset folder with train/valid/test .txt (UMT) or .jsonl files, or the files, or split=path; or a "
+        "datasets dataset: a Hub dataset id, a save_to_disk folder (DatasetDict), or Dataset folders as split=FOLDER",
+    )
+    dataset = parser.add_argument_group("a datasets dataset as --data (see docs/preprocessing.md)")
+    dataset.add_argument("--dataset-config", help="the configuration (subset) of a Hub dataset")
+    dataset.add_argument("--revision", help="the branch, tag or commit of a Hub dataset")
+    for role, option in COLUMN_OPTIONS.items():
+        dataset.add_argument(
+            option, dest=f"{role}_column", metavar="COLUMN", help=f"the {role} column (default: found by name)"
+        )
+    dataset.add_argument(
+        "--tag-scheme",
+        choices=TAG_SCHEMES,
+        help="the tags' scheme, converted to BIO (default: BIOES when the tags' ClassLabel names E-/S- tags, else BIO)",
     )
     parser.add_argument("--encoding", help="encoding of the data files (default: a byte-order mark's, else utf-8)")
     parser.add_argument(
@@ -124,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: exactly token<TAB>tag)",
     )
     parser.add_argument("--out", required=True, help="output folder (DatasetDict.save_to_disk)")
-    parser.add_argument("--images", help="folder of the images, named by the data's image ids or file names")
+    parser.add_argument(
+        "--images",
+        help="folder of the images, named by the data's image ids or file names (a dataset's relative image paths "
+        "are relative to it)",
+    )
     parser.add_argument(
         "--aligner",
         dest="aligners",
@@ -154,7 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--separator", default=DEFAULT_CONTEXT_SEPARATOR, help="text between segments")
     parser.add_argument("--max-words-per-segment", type=int, help="word cap per segment")
     parser.add_argument("--max-words", type=int, help="word cap for the whole context")
-    parser.add_argument("--entity-types", nargs="+", help="entity types in label order (default: all found, sorted)")
+    parser.add_argument(
+        "--entity-types",
+        nargs="+",
+        help="entity types in label order, after renaming (default: the tags' ClassLabel order, else all found, sorted)",
+    )
+    parser.add_argument(
+        "--rename-types",
+        nargs="+",
+        metavar="OLD=NEW",
+        help="rename entity types, e.g. OTHER=MISC so that Twitter-2015 data matches Twitter-2017 models (recorded in "
+        "the settings)",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes for Dataset.map")
     parser.add_argument(
         "--devices",
@@ -166,7 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="tweets per map batch")
     parser.add_argument("--chunk-size", type=int, default=1000, help="tweets per resumable chunk")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    parser.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="store the images' bytes in the image column (a self-contained dataset) instead of their paths",
+    )
     parser.add_argument("--overwrite", action="store_true", help="discard earlier results or work with other settings")
+    hub = parser.add_argument_group(
+        "upload the shards as a Hub dataset (checked before any work; see docs/preprocessing.md)"
+    )
+    hub.add_argument(
+        "--push-to-hub",
+        "--push_to_hub",
+        metavar="REPO",
+        help="the Hub dataset repository to upload the shards to, with a dataset card (images embedded)",
+    )
+    hub.add_argument("--private", action="store_true", help="create the repository private")
+    hub.add_argument(
+        "--license",
+        help="the Hub licence id of the uploaded data (e.g. cc-by-4.0, other, unknown); required with --push-to-hub",
+    )
+    hub.add_argument("--license-note", help="what else users must know about the terms, e.g. 'research use only'")
     return parser
 
 
@@ -200,8 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     if unused:
         print(f"error: aligners {unused} fill no segment of --order {args.order}", file=sys.stderr)
         return 2
+    if args.push_to_hub and not args.license:
+        print(
+            "error: --push-to-hub needs --license: the Hub licence id of the data (cc-by-4.0, other, unknown ...)",
+            file=sys.stderr,
+        )
+        return 2
     if not args.aligners:
         logging.warning("no --aligner or --context given: every visual_context will be empty (text-only data)")
+    if args.push_to_hub and speaks:
+        try:
+            # Before any work: a long run must not find out at its end that it cannot upload.
+            check_hub_access(args.push_to_hub, private=args.private, repo_type="dataset", option="--push-to-hub")
+        except HubAccessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     builder = {
         "order": args.order,
         "separator": args.separator,
@@ -224,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
             encoding=args.encoding,
             columns=args.columns,
             devices=resolve_devices(args.devices),
+            dataset_config=args.dataset_config,
+            revision=args.revision,
+            dataset_columns={role: getattr(args, f"{role}_column") for role in COLUMN_OPTIONS},
+            tag_scheme=args.tag_scheme,
+            rename_types=args.rename_types,
+            embed_images=args.embed_images,
         )
     except WorkStateError as err:
         if speaks:
@@ -234,15 +310,25 @@ def main(argv: list[str] | None = None) -> int:
         if speaks:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    if speaks:
-        data = json.loads((Path(args.out) / SETTINGS_FILE).read_text(encoding="utf-8"))["data"]
-        for split, dataset in result.items():
-            with_context = sum(1 for c in dataset["visual_context"] if c)
-            errors = sum(1 for e in dataset["alignment_error"] if e)
-            print(
-                f"{split}: {data[split]['tweets']} tweets in ({Path(data[split]['path']).name}), {len(dataset)} out, "
-                f"{with_context} with visual context, {errors} with alignment errors"
-            )
+    if not speaks:
+        return 0
+    data = json.loads((Path(args.out) / SETTINGS_FILE).read_text(encoding="utf-8"))["data"]
+    for split, dataset in result.items():
+        with_context = sum(1 for c in dataset["visual_context"] if c)
+        errors = sum(1 for e in dataset["alignment_error"] if e)
+        print(
+            f"{split}: {data[split]['tweets']} tweets in ({source_name(data[split])}), {len(dataset)} out, "
+            f"{with_context} with visual context, {errors} with alignment errors"
+        )
+    if args.push_to_hub:
+        from .publish import push_shards
+
+        try:
+            url = push_shards(args.out, args.push_to_hub, args.license, args.license_note, private=args.private)
+        except HubAccessError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"uploaded to {url}")
     return 0
 
 

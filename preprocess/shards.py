@@ -42,30 +42,24 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, Features, concatenate_datasets, load_from_disk
 from datasets.distributed import split_dataset_by_node
 
 from configuration_ita import PRECOMPUTED_TYPE
-from images_ita import DEFAULT_MAX_PIXELS, image_id_from_name
-from precomputed_ita import file_sha256
+from images_ita import DEFAULT_MAX_PIXELS
 from visual_context_ita import VisualContextBuilder, normalize_spec, spec_is_precomputed
 
-from .align import BatchAligner, cached_aligner, input_features, output_features, takes_device
-from .readers import (
-    DataFormatError,
-    Example,
-    build_tag_feature,
-    check_columns,
-    check_encoding,
-    count_tweets,
-    find_split_files,
-    read_file,
-)
+from .align import BatchAligner, cached_aligner, output_features, takes_device
+from .aligner_loading import check_model
+from .datasets_reader import is_dataset_source, read_dataset
+from .inputs import InputData, SplitInput, read_files
+from .readers import DataFormatError, check_columns, check_encoding
+from .tag_schemes import parse_renames
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +83,8 @@ PHASES: tuple[str, ...] = (
     "trash-moved",
     "done",
 )
+# Tweet ids compared at a time when a result is checked against the data.
+CHECK_BLOCK = 10_000
 # Ranks of a torchrun launch wait for the slowest one before rank 0 assembles the result; torchrun ends the whole
 # group when a rank dies, so a long timeout only keeps a slow but healthy rank from being cut off.
 DIST_TIMEOUT = timedelta(days=7)
@@ -289,20 +285,6 @@ def _check_contexts(spec: dict[str, Any], image_ids: set[str]) -> None:
         )
 
 
-def _input_dataset(examples: list[Example], tags: ClassLabel) -> Dataset:
-    """The tweets of a split before alignment, in file order."""
-    return Dataset.from_dict(
-        {
-            "id": [ex.id for ex in examples],
-            "tokens": [ex.tokens for ex in examples],
-            "ner_tags": [[tags.str2int(t) for t in ex.tags] for ex in examples],
-            "image_id": [image_id_from_name(ex.image) for ex in examples],
-            "image": [ex.image for ex in examples],
-        },
-        features=input_features(tags),
-    )
-
-
 def _node_part(base: Dataset, rank: int, world_size: int) -> Dataset:
     """The part of a split that `rank` preprocesses (`split_dataset_by_node`: contiguous, rank 0 first)."""
     # With fewer tweets than ranks the last ranks get none, but datasets' contiguous shard raises IndexError for them.
@@ -311,11 +293,11 @@ def _node_part(base: Dataset, rank: int, world_size: int) -> Dataset:
     return split_dataset_by_node(base, rank=rank, world_size=world_size)
 
 
-def _chunk_plan(base: Dataset, chunk_size: int, world_size: int) -> list[list[tuple[int, int]]]:
+def _chunk_plan(split: SplitInput, chunk_size: int, world_size: int) -> list[list[tuple[int, int]]]:
     """For each rank, its `(start, stop)` chunks of a split: chunks of its `_node_part`."""
     plan, start = [], 0
     for rank in range(world_size):
-        size = len(_node_part(base, rank, world_size))
+        size = len(_node_part(split.rows, rank, world_size))
         plan.append([(s, min(s + chunk_size, start + size)) for s in range(start, start + size, chunk_size)])
         start += size
     return plan
@@ -334,25 +316,30 @@ def _holds(folder: Path, ids: list[str], features: Any) -> bool:
     return dataset.features == features and dataset["id"] == ids
 
 
-def _check_result(result: DatasetDict, examples: dict[str, list[Example]], where: Path) -> None:
-    """Tweet counts in = out, same ids in the same order, for every split.
+def _check_result(result: DatasetDict, splits: dict[str, SplitInput], where: Path) -> None:
+    """Tweet counts in = out, same ids in the same order, for every split (compared a block at a time).
 
     Raises:
         WorkStateError: A split is missing, has another number of tweets, or other ids.
     """
-    if list(result) != list(examples):
-        raise WorkStateError(f"{where} holds the splits {list(result)}, the data {list(examples)}", ["--overwrite"])
-    for split, split_examples in examples.items():
-        if len(result[split]) != len(split_examples) or result[split]["id"] != [ex.id for ex in split_examples]:
+    if list(result) != list(splits):
+        raise WorkStateError(f"{where} holds the splits {list(result)}, the data {list(splits)}", ["--overwrite"])
+    for split, tweets in splits.items():
+        ids = result[split].select_columns(["id"])
+        same = len(ids) == len(tweets) and all(
+            ids[start : start + CHECK_BLOCK]["id"] == tweets.ids(start, min(start + CHECK_BLOCK, len(tweets)))
+            for start in range(0, len(tweets), CHECK_BLOCK)
+        )
+        if not same:
             raise WorkStateError(
-                f"{where}: split {split!r} holds {len(result[split])} tweets, the data {len(split_examples)} "
-                "(or other ids): it cannot be trusted",
+                f"{where}: split {split!r} holds {len(ids)} tweets, the data {len(tweets)} (or other ids): it cannot "
+                "be trusted",
                 ["--overwrite"],
             )
 
 
 def preprocess(
-    data: Sequence[str | Path],
+    data: Sequence[str | Path] | Dataset | DatasetDict,
     out: str | Path,
     aligners: Sequence[dict[str, Any]] = (),
     images_dir: str | Path | None = None,
@@ -366,20 +353,28 @@ def preprocess(
     encoding: str | None = None,
     columns: Sequence[int] | None = None,
     devices: Sequence[str] | None = None,
+    dataset_config: str | None = None,
+    revision: str | None = None,
+    dataset_columns: Mapping[str, str | None] | None = None,
+    tag_scheme: str | None = None,
+    rename_types: Sequence[str] | Mapping[str, str] | None = None,
+    embed_images: bool = False,
 ) -> DatasetDict:
     """Read a dataset, align its images into visual context and save it as a `DatasetDict`.
 
     Under `torchrun` every rank calls this with the same arguments (see the module docstring).
 
     Args:
-        data: A folder with `train/valid/test` files, or files, or `split=path` pairs (see
-            `readers.find_split_files`).
+        data: Data files (a folder with `train/valid/test` files, or files, or `split=path` pairs: see
+            `readers.find_split_files`), or a `datasets` dataset (a Hub id, a `save_to_disk` folder, `split=FOLDER`
+            `Dataset` folders, or a `Dataset` / `DatasetDict` object: see `datasets_reader`).
         out: Output folder for `DatasetDict.save_to_disk`; `<out>.partial` holds unfinished work.
         aligners: Aligner specs (`aligners_ita` `to_dict` form), in order; precomputed contexts are given by
             `paths` (and an optional `source`) and recorded by file name, checksum and source.
-        images_dir: Folder of the images; required when an aligner reads pixels.
+        images_dir: Folder of the images; required when an aligner reads pixels and the data holds no images.
         builder_settings: `VisualContextBuilder` keyword arguments (order, separator, caps).
-        entity_types: Entity types in label order; `None` = every type found, sorted.
+        entity_types: Entity types in label order (after renaming); `None` = the tags' `ClassLabel` order, else every
+            type found, sorted.
         num_proc: Worker processes for `Dataset.map`.
         batch_size: Tweets per `map` batch.
         chunk_size: Tweets per resumable chunk.
@@ -390,12 +385,22 @@ def preprocess(
         devices: One device per `map` worker for the aligners that take a `device` (round robin); under
             torchrun, rank `r` on a machine starts at device `local_rank × num_proc`. Not part of the settings:
             a rerun may use other devices.
+        dataset_config: The configuration (subset) of a Hub dataset.
+        revision: The branch, tag or commit of a Hub dataset.
+        dataset_columns: A dataset's columns by role (`tokens`, `tags`, `image`, `image_id`); others found by name.
+        tag_scheme: A dataset's tag scheme (`tag_schemes.TAG_SCHEMES`), converted to BIO; `None`: BIOES when its
+            `ClassLabel` names `E-`/`S-` tags, else BIO.
+        rename_types: Entity types to rename, as `OLD=NEW` strings or `{old: new}`.
+        embed_images: Store the images' bytes in the `image` column (a self-contained dataset) instead of their paths.
 
     Returns:
-        The saved `DatasetDict` (splits `train`, `validation`, `test` as present).
+        The saved `DatasetDict` (splits `train`, `validation`, `test` as present). When images were read (an
+        `images_dir`, or a dataset with an image column), its `image` column holds each image file's absolute path, or
+        is a `datasets.Image()` of their bytes with `embed_images` or when the dataset gave them as bytes; `None` for
+        an image that could not be read.
 
     Raises:
-        DataFormatError: A data file is malformed, empty or does not decode (nothing is written).
+        DataFormatError: The data is malformed, empty or does not decode, or cannot be loaded (nothing is written).
         WorkStateError: `<out>` or its unfinished work was made with other settings or cannot be trusted, or another
             run holds `<out>`; `rerun_with` says how to recover.
         ValueError: Invalid settings.
@@ -409,6 +414,7 @@ def preprocess(
         )
     check_encoding(encoding)
     columns = check_columns(columns)
+    renames = parse_renames(rename_types)
     # Normalised (defaults filled in, precomputed files recorded by name and checksum instead of path) so that equal
     # settings compare equal however they were given; the aligners themselves are built from the specs as given.
     builder_settings = VisualContextBuilder(**(builder_settings or {})).to_dict()
@@ -416,36 +422,46 @@ def preprocess(
     if unlocated:
         raise ValueError(f"precomputed contexts {unlocated} name no files here: give their paths (--context FILE)")
     specs = [normalize_spec(spec) for spec in aligners]
-    image_aligners = [s["type"] for s in specs if not s.get("precomputed")]
-    if image_aligners and images_dir is None:
-        raise ValueError(f"aligners {image_aligners} read images: pass the images folder (--images)")
     placed = [s["type"] for s in specs if takes_device(s) and s.get("device") is not None]
     if devices and placed:
         raise ValueError(f"aligners {placed} set their own device: give devices either in the specs or by --devices")
 
     # Everything is read and checked before anything is written: bad input leaves nothing behind.
-    files = find_split_files(data)
-    examples = {split: read_file(path, encoding, columns) for split, path in files.items()}
-    for split, path in files.items():
-        witness = count_tweets(path, encoding)
-        if witness != len(examples[split]):
-            raise RuntimeError(
-                f"{path}: read {len(examples[split])} tweets but the file has {witness}; please report this"
-            )
-    tags = build_tag_feature(examples, files, entity_types)
-    image_ids = {image_id_from_name(ex.image) for split in examples.values() for ex in split if ex.image}
+    if is_dataset_source(data):
+        if encoding is not None or columns is not None:
+            raise ValueError("--encoding and --columns read data files; a dataset's columns are --token-column ...")
+        inputs = read_dataset(data, dataset_config, revision, dataset_columns, tag_scheme, entity_types, renames)
+    else:
+        dataset_only = {
+            "--dataset-config": dataset_config,
+            "--revision": revision,
+            "--token-column/--tag-column/--image-column/--image-id-column": any((dataset_columns or {}).values()),
+            "--tag-scheme": tag_scheme,
+        }
+        given = [option for option, value in dataset_only.items() if value]
+        if given:
+            raise ValueError(f"{given} read a datasets dataset (a Hub id or a save_to_disk folder), not data files")
+        inputs = read_files(data, encoding, columns, entity_types, renames)
+    image_aligners = [s["type"] for s in specs if not s.get("precomputed")]
+    if image_aligners and images_dir is None and not inputs.carries_images:
+        raise ValueError(f"aligners {image_aligners} read images: pass the images folder (--images)")
+    reads_images = images_dir is not None or inputs.carries_images
+    if embed_images and not reads_images:
+        raise ValueError("--embed-images stores the images, but the data has none: give --images or an image column")
+    image_storage = ("bytes" if embed_images or inputs.images_as_bytes else "paths") if reads_images else None
     for spec in aligners:
         if spec_is_precomputed(spec):
-            _check_contexts(spec, image_ids)
+            _check_contexts(spec, inputs.image_ids)
+        else:
+            check_model(spec)
     settings = {
-        "data": {
-            split: {"path": str(path.resolve()), "sha256": file_sha256(path), "tweets": len(examples[split])}
-            for split, path in files.items()
-        },
-        "reader": {"encoding": encoding, "columns": list(columns) if columns else None},
+        "data": inputs.data,
+        "reader": inputs.reader,
+        "rename_types": renames or None,
         "aligners": specs,
         "builder": builder_settings,
         "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
+        "image_storage": image_storage,
         "entity_types": list(entity_types) if entity_types is not None else None,
         "chunk_size": chunk_size,
         "max_pixels": max_pixels,
@@ -459,11 +475,12 @@ def preprocess(
                 out.parent.mkdir(parents=True, exist_ok=True)
                 lock.enter_context(_OutputLock(out.with_name(out.name + ".lock"), out))
                 _phase("locked")
-                return _prepare(out, work, trash, settings, examples, overwrite)
+                return _prepare(out, work, trash, settings, inputs, overwrite)
 
             if not ranks.on_rank0(claim):
-                bases = {split: _input_dataset(split_examples, tags) for split, split_examples in examples.items()}
-                plans = {split: _chunk_plan(base, chunk_size, ranks.world_size) for split, base in bases.items()}
+                plans = {
+                    split: _chunk_plan(tweets, chunk_size, ranks.world_size) for split, tweets in inputs.splits.items()
+                }
                 function = BatchAligner(
                     list(aligners),
                     builder_settings,
@@ -471,19 +488,19 @@ def preprocess(
                     max_pixels,
                     devices,
                     device_offset=ranks.local_rank * num_proc,
+                    image_storage=image_storage,
                 )
+                features = output_features(inputs.tags, image_storage)
                 ranks.all_succeed(
-                    lambda: _align_chunks(work, bases, plans, tags, function, ranks, num_proc, batch_size)
+                    lambda: _align_chunks(work, inputs, plans, features, function, ranks, num_proc, batch_size)
                 )
-                ranks.on_rank0(lambda: _assemble(out, work, trash, settings, examples, plans))
+                ranks.on_rank0(lambda: _assemble(out, work, trash, settings, inputs, plans))
         return load_from_disk(str(out))
     finally:
         ranks.close()
 
 
-def _prepare(
-    out: Path, work: Path, trash: Path, settings: dict[str, Any], examples: dict[str, list[Example]], overwrite: bool
-) -> bool:
+def _prepare(out: Path, work: Path, trash: Path, settings: dict[str, Any], inputs: InputData, overwrite: bool) -> bool:
     """Make `<out>.partial` ready to (re)start, under the lock; `True` when `<out>` is already complete."""
     # A deletion that a kill interrupted.
     _remove(trash)
@@ -502,7 +519,7 @@ def _prepare(
                 ["--overwrite"],
             )
         else:
-            _check_result(load_from_disk(str(out)), examples, out)
+            _check_result(load_from_disk(str(out)), inputs.splits, out)
             logger.info("%s is already complete; nothing to do", out)
             _discard(work, trash)
             return True
@@ -539,33 +556,29 @@ def _prepare(
 
 def _align_chunks(
     work: Path,
-    bases: dict[str, Dataset],
+    inputs: InputData,
     plans: dict[str, list[list[tuple[int, int]]]],
-    tags: ClassLabel,
+    features: Features,
     function: BatchAligner,
     ranks: _Ranks,
     num_proc: int,
     batch_size: int,
 ) -> None:
     """Align and save this rank's chunks, skipping those a killed run finished."""
-    features = output_features(tags)
-    for split, base in bases.items():
+    for split, tweets in inputs.splits.items():
         mine = plans[split][ranks.rank]
-        offset = mine[0][0] if mine else 0
-        part = _node_part(base, ranks.rank, ranks.world_size)
-        ids = base["id"]
         (work / split).mkdir(exist_ok=True)
         for number, (start, stop) in enumerate(mine, start=1):
             final = _chunk_path(work, split, start, stop)
             if final.exists():
-                if _holds(final, ids[start:stop], features):
+                if _holds(final, tweets.ids(start, stop), features):
                     logger.info("%s%s chunk %d/%d already done", ranks.prefix, split, number, len(mine))
                     continue
                 logger.warning(
                     "%s%s does not hold the tweets %d-%d it should; redoing it", ranks.prefix, final, start, stop
                 )
                 _remove(final)
-            chunk = part.select(range(start - offset, stop - offset)).map(
+            chunk = tweets.chunk(start, stop).map(
                 function,
                 batched=True,
                 batch_size=batch_size,
@@ -588,7 +601,7 @@ def _assemble(
     work: Path,
     trash: Path,
     settings: dict[str, Any],
-    examples: dict[str, list[Example]],
+    inputs: InputData,
     plans: dict[str, list[list[tuple[int, int]]]],
 ) -> None:
     """Join every rank's chunks into `<out>`, checked before it is published (rank 0, under the lock)."""
@@ -606,10 +619,14 @@ def _assemble(
     DatasetDict(splits).save_to_disk(str(complete))
     _phase("result-saved")
     _write_settings(complete, settings)
-    _check_result(load_from_disk(str(complete)), examples, complete)
+    _check_result(load_from_disk(str(complete)), inputs.splits, complete)
     _phase("result-ready")
     complete.rename(out)
     _phase("result-published")
     _discard(work, trash)
     _phase("done")
-    logger.info("saved %s: %s", out, ", ".join(f"{split} {len(examples[split])} tweets in = out" for split in examples))
+    logger.info(
+        "saved %s: %s",
+        out,
+        ", ".join(f"{split} {len(tweets)} tweets in = out" for split, tweets in inputs.splits.items()),
+    )

@@ -146,13 +146,16 @@ def save_tiny_encoder(folder: Path, minilm_dir: Path) -> Path:
     return folder
 
 
-def tiny_train_argv(shards: Path, encoder: Path | None, output_dir: Path, *extra: str) -> list[str]:
+def tiny_train_argv(
+    shards: Path, encoder: Path | None, output_dir: Path, *extra: str, data_option: str = "--dataset_path"
+) -> list[str]:
     """`train.py` options for a few quick epochs of `encoder` on `shards` (later `extra` options win).
 
-    With `encoder` None, `train.py` picks its default encoder (the offline MiniLM when it is installed).
+    With `encoder` None, `train.py` picks its default encoder (the offline MiniLM when it is installed);
+    `data_option="--dataset_name"` reads `shards` with `load_dataset`.
     """
     return [
-        "--dataset_path",
+        data_option,
         str(shards),
         *(["--encoder_name_or_path", str(encoder)] if encoder is not None else []),
         "--output_dir",

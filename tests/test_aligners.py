@@ -2,6 +2,7 @@
 tags and captions through real transformers pipelines on tiny random models, and Florence-2."""
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -126,6 +127,24 @@ def test_object_tags_through_the_object_detection_pipeline(tiny_detector):
     spec = aligner.to_dict()
     assert spec["type"] == "object-detection" and spec["precomputed"] is False
     assert aligner_from_dict(spec).align(images) == results
+
+
+def test_object_tags_load_the_model_at_the_revision_the_spec_records(tiny_detector):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with mock.patch("transformers.pipeline") as pipeline:
+        aligner = ObjectTagAligner("hustvl/yolos-tiny", threshold=0.9, revision=commit)
+    pipeline.assert_called_once_with("object-detection", model="hustvl/yolos-tiny", revision=commit, device=-1)
+    spec = aligner.to_dict()
+    assert spec["revision"] == commit
+    with mock.patch("transformers.pipeline") as pipeline:
+        aligner_from_dict(spec)
+    assert pipeline.call_args.kwargs["revision"] == commit
+    # Without one, the pipeline loads the default branch, as before; a spec from before `revision` existed still loads.
+    assert ObjectTagAligner(str(tiny_detector)).to_dict()["revision"] is None
+    old_spec = {key: value for key, value in spec.items() if key != "revision"}
+    with mock.patch("transformers.pipeline") as pipeline:
+        aligner_from_dict(old_spec)
+    assert pipeline.call_args.kwargs["revision"] is None
 
 
 @pytest.fixture(scope="module")

@@ -344,6 +344,16 @@ def post_oversized(url: str, size: int, declared: bool) -> tuple[int, dict]:
         connection.close()
 
 
+def test_server_help_names_its_defaults_and_the_default_host():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "handler_server.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert "--host HOST address to listen on (default: 127.0.0.1, this machine only;" in help_text
+    assert "(default: 8000); 0 picks a free port" in help_text
+
+
 def test_served_over_http_bad_payloads_get_400_with_json(workspace, tmp_path):
     from handler import EndpointHandler
 

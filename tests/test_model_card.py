@@ -1,4 +1,4 @@
-"""The README model card: rendered offline from the packaged template, with metadata and numbers from the run,
+"""The README model card: rendered offline from the top-level template, with metadata and numbers from the run,
 and a trained output folder that names nothing of the machine it was trained on."""
 
 import json
@@ -23,6 +23,7 @@ from ita_training.model_card import (
     ContextSources,
     count_context_sources,
     encoder_hub_id,
+    find_template,
     write_model_card,
 )
 from tiny_shards import CAPTIONED, TWEETS, write_caption_shards
@@ -200,6 +201,33 @@ def test_repository_link_comes_from_the_distribution_metadata_or_is_left_out(tmp
     with mock.patch("ita_training.model_card.repository_url", return_value=None):
         unlinked = render(tmp_path)
     assert "Code:" not in unlinked and "the `ita_onnx` package of the ITA code" in unlinked
+
+
+def test_the_template_is_the_checkouts_top_level_file_or_the_installed_data_file(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from ita_training import model_card
+
+    assert find_template() == REPO / "model_card.md"
+    # Installed from a wheel: no checkout beside the package, the data file under <prefix>/share/ita-mner/.
+    site = tmp_path / "lib" / "site-packages"
+    monkeypatch.setattr(model_card, "__file__", str(site / "ita_training" / "model_card.py"))
+    installed = tmp_path / "share" / "ita-mner" / "model_card.md"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("{{ card_data }}")
+    record = importlib.metadata.PackagePath("../../share/ita-mner/model_card.md")
+    record.locate = lambda: site / record
+    other = importlib.metadata.PackagePath("ita_training/model_card.py")
+    distribution = mock.Mock(files=[other, record])
+    with mock.patch("importlib.metadata.distribution", return_value=distribution) as found:
+        assert find_template() == installed
+    found.assert_called_once_with("ita-mner")
+    distribution.files = [other]
+    with (
+        mock.patch("importlib.metadata.distribution", return_value=distribution),
+        pytest.raises(FileNotFoundError, match="model_card.md is neither at .* nor installed with ita-mner"),
+    ):
+        find_template()
 
 
 def test_encoder_hub_id_never_guesses(minilm_dir, tmp_path):

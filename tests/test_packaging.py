@@ -1,5 +1,5 @@
 """The built wheel, installed non-editable in a fresh venv that cannot see the checkout, trains and writes a
-complete Hub folder; the wheel carries the model-card template and the LICENSE."""
+complete Hub folder; the wheel carries the top-level model-card template (as a data file) and the LICENSE."""
 
 import json
 import os
@@ -66,11 +66,14 @@ def test_the_wheel_carries_the_card_template_the_license_and_train(wheel):
         names = archive.namelist()
         (metadata_name,) = [name for name in names if name.endswith(".dist-info/METADATA")]
         metadata = Parser().parsestr(archive.read(metadata_name).decode())
-        template = archive.read("ita_training/model_card_template.md").decode()
+        (template_name,) = [name for name in names if name.endswith(".data/data/share/ita-mner/model_card.md")]
+        template = archive.read(template_name).decode()
         licenses = [name for name in names if ".dist-info/" in name and name.rsplit("/", 1)[-1] == "LICENSE"]
         assert len(licenses) == 1, names
         license_text = archive.read(licenses[0]).decode()
-    assert template == (REPO / "ita_training" / "model_card_template.md").read_text(encoding="utf-8")
+    assert template == (REPO / "model_card.md").read_text(encoding="utf-8")
+    # One copy: the template is not also package data.
+    assert not any(name.endswith("model_card_template.md") for name in names)
     assert license_text == (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert metadata["License"] == "Apache-2.0" or metadata["License-Expression"] == "Apache-2.0"
@@ -144,7 +147,7 @@ def test_the_installed_wheel_trains_and_writes_a_complete_folder(wheel, tmp_path
             (
                 "import importlib.util, json, sys, train, ita_training.model_card as card\n"
                 "editable = [f for f in sys.meta_path if 'editable' in type(f).__name__.lower()]\n"
-                "print(json.dumps({'train': train.__file__, 'template': str(card.TEMPLATE), 'editable': repr(editable),\n"
+                "print(json.dumps({'train': train.__file__, 'template': str(card.find_template()), 'editable': repr(editable),\n"
                 "                  'finder': importlib.util.find_spec('__editable___ita_mner_0_1_0_finder') is not None,\n"
                 "                  'path': sys.path}))\n"
             ),

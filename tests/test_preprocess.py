@@ -18,6 +18,7 @@ from datasets import load_from_disk
 
 from preprocess import preprocess
 from preprocess.__main__ import build_parser, main
+from tiny_datasets import tiny_mner_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -319,6 +320,63 @@ def test_killed_run_resumes_without_redoing_finished_chunks(tmp_path, shared_dat
     fresh = run_cli(*args[2:-1], str(tmp_path / "fresh"), timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert load_from_disk(str(tmp_path / "fresh"))["train"].to_list() == rows
+
+
+def one_error_line(stderr: str) -> str:
+    """The run's error: exactly one `error:` line, and no traceback of any process."""
+    assert "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    return line
+
+
+def test_an_aligner_model_that_cannot_load_is_one_line_naming_it_before_anything_is_written(tmp_path):
+    saved = tmp_path / "saved"
+    tiny_mner_dataset().save_to_disk(str(saved))
+    aligner = "object-detection:model=nobody/no-such-detector"
+    result = run_cli("--data", str(saved), "--aligner", aligner, "--num-proc", "2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert line.startswith("error: aligner object-detection cannot load the model 'nobody/no-such-detector' (OSError:")
+    assert line.endswith(
+        "HF_HUB_OFFLINE=1 is set: download the model where the Hub is reachable (hf download nobody/no-such-detector) "
+        "so that it is in the cache, or give model= a local folder"
+    )
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+def test_a_model_that_fails_only_in_the_map_workers_is_one_line_too(tmp_path):
+    from transformers import YolosConfig
+
+    # Its config is found before the run starts; the weights are missing, which only building the model shows.
+    detector = tmp_path / "detector-without-weights"
+    YolosConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(
+        detector
+    )
+    saved = tmp_path / "saved"
+    tiny_mner_dataset().save_to_disk(str(saved))
+    aligner = f"object-detection:model={detector}"
+    result = run_cli("--data", str(saved), "--aligner", aligner, "--num-proc", "2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert line.startswith(f"error: aligner object-detection cannot load the model '{detector}' (OSError: ")
+    assert "found in directory" in line  # the message of the error the pipeline quotes, not its traceback
+    assert line.endswith(
+        f"the folder {detector} holds no complete model: save one there (save_pretrained) or give model= a Hub id"
+    )
+
+
+def test_a_missing_package_says_to_install_it():
+    from preprocess.aligner_loading import load_failure
+
+    error = load_failure(
+        {"type": "object-detection", "model": "facebook/detr-resnet-50"},
+        ImportError("DetrConvEncoder requires the timm library but it was not found in your environment.\nYou can..."),
+    )
+    assert str(error) == (
+        "aligner object-detection cannot load the model 'facebook/detr-resnet-50' (ImportError: DetrConvEncoder "
+        "requires the timm library but it was not found in your environment. You can...); install the package the "
+        "error names, or choose a model that does not need it"
+    )
 
 
 def test_a_failing_aligner_costs_only_the_failing_tweets():

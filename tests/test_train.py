@@ -10,14 +10,24 @@ from unittest import mock
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from safetensors.torch import load_file
 from seqeval.metrics import f1_score
 from transformers import AutoTokenizer
 
 import train
 from fresh_process import run_fresh_python
-from helpers import LABELS, REPO, save_tiny_encoder, tiny_train_argv
-from ita_training.hub import IGNORE_PATTERNS, IncompleteHubFolderError, check_hub_folder, push_folder
+from helpers import LABELS, REPO, run_python, save_tiny_encoder, tiny_train_argv
+from ita_training.hub import (
+    IGNORE_PATTERNS,
+    HubAccessError,
+    IncompleteHubFolderError,
+    check_hub_access,
+    check_hub_folder,
+    push_folder,
+)
+from ita_training.trainer import ITATrainer
 from modeling_ita import ITAForTokenClassification
 from pipeline_ita import MultimodalNERPipeline
 from preprocess.shards import SETTINGS_FILE
@@ -79,6 +89,9 @@ def test_help_lists_the_ita_options():
     for option in (
         "--encoder_name_or_path",
         "--dataset_path",
+        "--dataset_name",
+        "--dataset_config_name",
+        "--dataset_title",
         "--context_columns",
         "--cva",
         "--cva_temperature",
@@ -225,13 +238,65 @@ def test_push_to_hub_flag_pushes_the_finished_folder(shards, tiny_encoder, tmp_p
         "--hub_token",
         "hf_x",
     )
-    with mock.patch("ita_training.hub.HfApi") as api_class:
-        api_class.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/c/1")
+    with (
+        mock.patch("ita_training.hub.HfApi") as api_class,
+        mock.patch.object(hub_constants, "HF_HUB_OFFLINE", False),
+        mock.patch.object(ITATrainer, "training_step", autospec=True, side_effect=ITATrainer.training_step) as step,
+    ):
+        api = api_class.return_value
+        api.whoami.side_effect = lambda: {"name": "me"} if not step.called else pytest.fail("checked after training")
+        api.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/c/1")
         results = train.run(*train.parse_args(argv))
     assert results["hub_commit"] == "https://hf.co/c/1"
-    api_class.return_value.create_repo.assert_called_once()
-    assert Path(api_class.return_value.upload_folder.call_args.kwargs["folder_path"]) == output_dir
+    # The repository is checked and created before the first step (as Trainer does), the folder uploaded at the end.
+    assert [call[0] for call in api.method_calls] == ["whoami", "create_repo", "create_repo", "upload_folder"]
+    assert api.create_repo.call_args_list[0] == mock.call(
+        "me/ita-push", repo_type="model", private=False, exist_ok=True
+    )
+    assert Path(api.upload_folder.call_args.kwargs["folder_path"]) == output_dir
     assert "me/ita-push" in (output_dir / "README.md").read_text()
+
+
+def test_push_to_hub_fails_in_one_line_before_the_first_step_when_the_hub_is_off(shards, tiny_encoder, tmp_path):
+    output_dir = tmp_path / "never"
+    argv = train_args(shards, tiny_encoder, output_dir, "--push_to_hub", "True", "--hub_model_id", "me/ita-push")
+    result = run_python(["train.py", *argv], timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --push_to_hub me/ita-push: HF_HUB_OFFLINE=1 keeps the Hub off; unset it to upload, or leave out "
+        "--push_to_hub"
+    )
+    assert not any(output_dir.glob("checkpoint-*")) and not (output_dir / "model.safetensors").exists()
+
+
+def hub_error(status: int) -> HfHubHTTPError:
+    """The error huggingface_hub raises for an HTTP answer with `status`."""
+    response = mock.Mock(status_code=status, headers={}, url="https://huggingface.co/api/whoami-v2")
+    return HfHubHTTPError(f"{status} Client Error", response=response)
+
+
+@pytest.mark.parametrize(
+    ("whoami", "create_repo", "message"),
+    [
+        (LocalTokenNotFoundError("no token"), None, "not logged in to the Hub; run `hf auth login` or give a token"),
+        (hub_error(401), None, "the Hub refuses the token (401); log in again with `hf auth login`"),
+        (ConnectionError("[Errno -2] Name or service not known"), None, "cannot reach the Hub (ConnectionError: "),
+        ({"name": "me"}, hub_error(403), "me cannot create or write this model repository (403: 403 Client Error)"),
+    ],
+)
+def test_hub_access_is_checked_with_one_line_errors(whoami, create_repo, message):
+    with mock.patch("ita_training.hub.HfApi") as api_class, mock.patch.object(hub_constants, "HF_HUB_OFFLINE", False):
+        api = api_class.return_value
+        api.whoami.side_effect = whoami if isinstance(whoami, Exception) else lambda: whoami
+        api.create_repo.side_effect = create_repo
+        with pytest.raises(HubAccessError) as error:
+            check_hub_access("org/repo", token="hf_x")
+    assert str(error.value).startswith("--push_to_hub org/repo: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+    with pytest.raises(
+        HubAccessError, match=r"--push_to_hub needs the repository to upload to \(train.py: --hub_model_id"
+    ):
+        check_hub_access(None)
 
 
 def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_encoder, tmp_path):
@@ -255,7 +320,6 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(shards, tiny_en
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     (resumed / "checkpoint-2").symlink_to(full / "checkpoint-2", target_is_directory=True)
-    from ita_training.trainer import ITATrainer
 
     with mock.patch.object(ITATrainer, "training_step", autospec=True, side_effect=ITATrainer.training_step) as step:
         results = train.run(
