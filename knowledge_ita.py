@@ -164,13 +164,14 @@ class ImageTextToTextAligner(Aligner):
 
     Each image is shown to the model with its tweet in a `KnowledgePrompt`; the answer, cleaned and capped, is the
     image's `knowledge`. Batches are padded on the left, so a batch gives the text each image gives alone, and
-    decoding is greedy whatever the checkpoint's `generation_config` says (it may turn sampling on). Models whose
-    processor needs `torchvision` (Qwen2-VL and newer Qwen-VL, SmolVLM2, LLaVA-OneVision) load only where torchvision
-    does; SmolVLM / Idefics3, LLaVA, Gemma 3 and PaliGemma do not need it.
+    decoding is greedy whatever the checkpoint's `generation_config` says (it may turn sampling on). A processor
+    without a chat template (PaliGemma's) gets the filled prompt as it is. Models whose processor needs `torchvision`
+    (Qwen2-VL and newer Qwen-VL, SmolVLM2, LLaVA-OneVision) load only where torchvision does; SmolVLM / Idefics3,
+    LLaVA, Gemma 3 and PaliGemma do not need it.
 
     Args:
-        model: A model id or local folder (an `AutoModelForImageTextToText` with an `AutoProcessor` that has a chat
-            template), or a ready `(model, processor)` pair.
+        model: A model id or local folder (an `AutoModelForImageTextToText` with its `AutoProcessor`), or a ready
+            `(model, processor)` pair.
         prompt: The template (see `KnowledgePrompt`); default `DEFAULT_PROMPT`, PGIM's answer form.
         examples: Few-shot demonstrations (see `KnowledgePrompt`).
         max_new_tokens: Tokens generated at most per answer.
@@ -186,7 +187,7 @@ class ImageTextToTextAligner(Aligner):
 
     Raises:
         ValueError: The prompt or examples are invalid, a setting is out of range, the model is not an image-text-to-text
-            model or its processor has no chat template.
+            model, or examples are given to a processor without a chat template.
     """
 
     type = "image-text-to-text"
@@ -223,10 +224,12 @@ class ImageTextToTextAligner(Aligner):
         else:
             self.model, self.processor = model
             self.model_name = _model_name(self.model)
-        if not getattr(self.processor, "chat_template", None):
+        # PaliGemma's processors have no chat template: they take the prompt as it is and place the image themselves.
+        self.chat = bool(getattr(self.processor, "chat_template", None))
+        if not self.chat and self.prompt.examples:
             raise ValueError(
-                f"{self.model_name}'s processor has no chat template, so a prompt cannot be put to it: give an "
-                "instruction-tuned vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)"
+                f"{self.model_name}'s processor has no chat template, so few-shot examples (turns of a conversation) "
+                "cannot be given to it: leave examples out, or give a model with a chat template"
             )
         # Left padding: a batch's prompts then all end where generation starts, so each image gets the answer it gets
         # alone (right padding would put pad tokens between a short prompt and its answer).
@@ -311,6 +314,14 @@ class ImageTextToTextAligner(Aligner):
             "revision": self.revision,
         }
 
+    def prompt_text(self, text: str, segments: Segments) -> str:
+        """What the processor reads for one image: the conversation through the chat template, or the filled prompt."""
+        if not self.chat:
+            return self.prompt.fill(text, segments)
+        return self.processor.apply_chat_template(
+            self.conversation(text, segments), add_generation_prompt=True, tokenize=False
+        )
+
     def conversation(self, text: str, segments: Segments) -> list[dict[str, Any]]:
         """The chat of one image: the examples' turns, then the image and the filled prompt."""
         turns = self.prompt.turns(text, segments)
@@ -333,12 +344,7 @@ class ImageTextToTextAligner(Aligner):
         present = [i for i, image in enumerate(images) if image is not None]
         for start in range(0, len(present), self.batch_size):
             batch = present[start : start + self.batch_size]
-            prompts = [
-                self.processor.apply_chat_template(
-                    self.conversation(texts[i] or "", segments[i]), add_generation_prompt=True, tokenize=False
-                )
-                for i in batch
-            ]
+            prompts = [self.prompt_text(texts[i] or "", segments[i]) for i in batch]
             inputs = self.processor(
                 text=prompts,
                 images=[[images[i]] for i in batch],
@@ -347,6 +353,7 @@ class ImageTextToTextAligner(Aligner):
             ).to(self.model.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs.pop("labels", None)  # PaliGemma's processor makes training labels, which generation does not read
             with torch.inference_mode():
                 generated = self.model.generate(**inputs, **self.generate_arguments)
             answers = self.processor.batch_decode(

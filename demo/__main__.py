@@ -1,10 +1,11 @@
 """`make demo`: ITA end to end on this machine, offline, in a few minutes. Everything goes under demo-output/.
 
 1. find the data (DATA_DIR, ../shared/data, an earlier download, or a download when online);
-2. preprocess Twitter-2017 with its BLIP-2 captions into Arrow shards (reused when present);
-3. train a small ITA model with cross-view alignment on the offline MiniLM encoder (reused when present);
-4. serve it with `pipeline("multimodal-ner", trust_remote_code=True)` on real images (BLIP-2 caption + RapidOCR),
-   on an image the demo renders with text on it, and on a tweet without an image;
+2. preprocess Twitter-2017 with its BLIP-2 captions and PGIM's LLM knowledge into Arrow shards (reused when present);
+3. train a small ITA model with cross-view alignment on the offline MiniLM encoder, on the context that paid most in
+   the ablation (docs/benchmarks.md), naming RapidOCR as its live aligner so that it reads new images offline;
+4. serve it with `pipeline("multimodal-ner", trust_remote_code=True)` on real images (their BLIP-2 caption and PGIM
+   knowledge + RapidOCR), on an image the demo renders with text on it, and on a tweet without an image;
 5. export it to ONNX and compare ONNX Runtime with PyTorch on the same inputs;
 6. write demo-output/report.html.
 
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo.data import DataNotFoundError, images_dir, locate_data
+from demo.data import KNOWLEDGE_FILES, DataNotFoundError, images_dir, knowledge_file, locate_data
 from demo.report import ReportItem, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,13 @@ TRAIN_STEPS = int(os.environ.get("DEMO_TRAIN_STEPS", "150"))
 # Dev tweets evaluated after training (default: all 723); the tests use fewer to stay fast.
 EVAL_TWEETS = os.environ.get("DEMO_EVAL_TWEETS")
 ONNX_SPEED_TWEETS = 64
+# The demo's context: the ablation's best Twitter-2017 cell (docs/benchmarks.md, benchmarks/results/knowledge_ablation.json),
+# in its order and sub-token budget; without the knowledge file, the BLIP-2 captions alone in the budget they need.
+KNOWLEDGE_CONTEXT, KNOWLEDGE_BUDGET = ["caption", "knowledge"], 192
+CAPTION_CONTEXT, CAPTION_BUDGET = ["caption"], 64
+# The live aligner the checkpoint names for new images: OCR works offline (its models ship in the wheel).
+LIVE_ALIGNER = {"type": "rapidocr"}
+CONTEXT_TITLES = {"caption": "BLIP-2 captions", "knowledge": "PGIM knowledge", "objects": "object tags", "ocr": "OCR"}
 # A tweet whose names are ambiguous from its words alone; the rendered sign says what they are.
 SIGN_LINES = ("GOLDEN STATE", "WARRIORS")
 SIGN_TWEET = "Watching the Warriors parade downtown with Steph and Klay today !"
@@ -39,33 +47,35 @@ def step(number: int, title: str) -> None:
     print(f"\n[{number}/6] {title}", flush=True)
 
 
-def build_shards(data: Path) -> Path:
+def build_shards(data: Path) -> tuple[Path, list[str], int]:
+    """The Twitter-2017 shards, the context segments the demo trains on and their sub-token budget."""
     from datasets import load_from_disk
 
-    shards = OUTPUT / "shards" / "twitter2017-blip2"
+    knowledge = knowledge_file(data, "17")
+    if knowledge is None:
+        print(f"      (no {KNOWLEDGE_FILES['17']} in {data}: training on the BLIP-2 captions alone)")
+    name, context, budget = (
+        ("twitter2017-blip2-pgim", KNOWLEDGE_CONTEXT, KNOWLEDGE_BUDGET)
+        if knowledge is not None
+        else ("twitter2017-blip2", CAPTION_CONTEXT, CAPTION_BUDGET)
+    )
+    shards = OUTPUT / "shards" / name
     if (shards / "dataset_dict.json").is_file():
         dataset = load_from_disk(str(shards))
         print(f"      reusing {shards}: " + ", ".join(f"{k} {len(v)}" for k, v in dataset.items()))
-        return shards
-    command = [
-        sys.executable,
-        "-m",
-        "preprocess",
-        "--data",
-        str(data / "twitter2017"),
-        "--context",
-        str(data / "captions" / "blip2" / "BLIP2_17.txt"),
-        "--context-source",
-        "BLIP-2 captions, PGIM release",
-        "--out",
-        str(shards),
-    ]
+        return shards, context, budget
+    contexts = [(data / "captions" / "blip2" / "BLIP2_17.txt", "BLIP-2 captions, PGIM release")]
+    if knowledge is not None:
+        contexts.append((knowledge, "PGIM knowledge (gpt-3.5-turbo on tweet + BLIP-2 caption), PGIM release"))
+    command = [sys.executable, "-m", "preprocess", "--data", str(data / "twitter2017"), "--out", str(shards)]
+    for path, source in contexts:
+        command += ["--context", str(path), "--context-source", source]
     print("      $ " + " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=REPO)
-    return shards
+    return shards, context, budget
 
 
-def train_model(shards: Path) -> Path:
+def train_model(shards: Path, context: list[str], budget: int) -> Path:
     model_dir = OUTPUT / "model"
     results_file = model_dir / "eval_results.json"
     if not (results_file.is_file() and (model_dir / "model.safetensors").is_file()):
@@ -77,12 +87,18 @@ def train_model(shards: Path) -> Path:
             "--output_dir",
             str(model_dir),
             "--overwrite_output_dir",
+            "--context_columns",
+            *context,
+            "--context_order",
+            *context,
+            "--live_aligner",
+            json.dumps(LIVE_ALIGNER),
             "--cva",
             "True",
             "--cva_temperature",
             "2.0",
             "--max_context_tokens",
-            "64",
+            str(budget),
             "--learning_rate",
             "1e-4",
             "--crf_learning_rate",
@@ -108,7 +124,7 @@ def train_model(shards: Path) -> Path:
             "--logging_steps",
             "25",
             "--dataset_title",
-            "Twitter-2017 + BLIP-2 captions",
+            f"Twitter-2017 + {' + '.join(CONTEXT_TITLES[name] for name in context)}",
         ] + (["--max_eval_samples", EVAL_TWEETS] if EVAL_TWEETS else [])
         print(f"      training {TRAIN_STEPS} steps of 8 tweets (set DEMO_TRAIN_STEPS to change the budget)")
         print("      $ " + " ".join(command), flush=True)
@@ -124,11 +140,13 @@ def train_model(shards: Path) -> Path:
 
 def dev_scores(model_dir: Path) -> str:
     metrics = json.loads((model_dir / "eval_results.json").read_text())
-    steps = json.loads((model_dir / "trainer_state.json").read_text())["global_step"]
+    state = json.loads((model_dir / "trainer_state.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    context = " + ".join(CONTEXT_TITLES.get(name, name) for name in config["context_order"])
     return (
         f"dev F1 with visual context {100 * metrics['eval_with_context_f1']:.2f}, text only "
-        f"{100 * metrics['eval_text_only_f1']:.2f} (MiniLM trained {steps} steps with CVA on Twitter-2017 + "
-        "BLIP-2 captions)"
+        f"{100 * metrics['eval_text_only_f1']:.2f} (MiniLM trained {state['global_step']} steps with CVA on "
+        f"Twitter-2017 + {context}; live aligner for new images: {[s['type'] for s in config['live_aligners']]})"
     )
 
 
@@ -197,6 +215,7 @@ def show(title: str, text: str, result: dict, width: int = 160) -> None:
     if len(context) > width:  # the console shows the start; the report and the model get all of it
         context = f"{context[:width]}… (+{len(context) - width} characters, in full in the report)"
     print(f"\n      {title}\n      tweet:   {text}\n      context: {context}")
+    print(f"      sources: {', '.join(result['context_sources']) or 'none'}")
     entities = result["entities"]
     if not entities:
         print("      entities: none found")
@@ -212,10 +231,12 @@ def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
     from aligners_ita import RapidOCRAligner
     from precomputed_ita import PrecomputedAligner
 
+    # The Twitter-2015 images' own caption and knowledge, as the model read Twitter-2017's, then OCR.
     aligners = [RapidOCRAligner()]
-    captions = data / "captions" / "blip2" / "BLIP2_15.txt"
-    if captions.is_file():
-        aligners.insert(0, PrecomputedAligner(captions))
+    files = [data / "captions" / "blip2" / "BLIP2_15.txt", knowledge_file(data, "15")]
+    files = [path for path in files if path is not None and path.is_file()]
+    if files:
+        aligners.insert(0, PrecomputedAligner(files))
     ner = pipeline("multimodal-ner", model=str(model_dir), trust_remote_code=True, aligners=aligners)
     print(f"      {type(ner).__module__}.{type(ner).__name__} with aligners {[a.type for a in aligners]}")
     items = []
@@ -223,21 +244,19 @@ def run_pipeline(model_dir: Path, data: Path) -> list[ReportItem]:
         text = " ".join(words)
         result = ner(words, image=str(path), is_split_into_words=True, return_visual_context=True)
         show(f"real tweet image {path.name}", text, result)
-        items.append(
-            ReportItem(f"Twitter-2015 image {path.name}", text, result["entities"], result["visual_context"], path)
-        )
+        items.append(ReportItem.of(f"Twitter-2015 image {path.name}", text, result, path))
     sign = render_sign(OUTPUT / "rendered-sign.png")
-    with_image = ner(SIGN_TWEET, image=str(sign), return_visual_context=True)
-    without = ner(SIGN_TWEET, return_visual_context=True)
-    show("rendered sign (OCR reads it)", SIGN_TWEET, with_image)
+    # Served as `make serve` and `make app` serve it: with the aligners the checkpoint records (OCR for new images).
+    served = pipeline("multimodal-ner", model=str(model_dir), trust_remote_code=True)
+    with_image = served(SIGN_TWEET, image=str(sign), return_visual_context=True)
+    without = served(SIGN_TWEET, return_visual_context=True)
+    show("rendered sign, read by the checkpoint's live aligner (OCR)", SIGN_TWEET, with_image)
     show("same tweet without the image", SIGN_TWEET, without)
-    items.append(
-        ReportItem("rendered sign: OCR context", SIGN_TWEET, with_image["entities"], with_image["visual_context"], sign)
-    )
-    items.append(ReportItem("same tweet, no image", SIGN_TWEET, without["entities"]))
+    items.append(ReportItem.of("rendered sign: the checkpoint's live OCR", SIGN_TWEET, with_image, sign))
+    items.append(ReportItem.of("same tweet, no image", SIGN_TWEET, without))
     text_only = ner(TEXT_ONLY_TWEET, return_visual_context=True)
     show("a tweet without an image", TEXT_ONLY_TWEET, text_only)
-    items.append(ReportItem("tweet without an image", TEXT_ONLY_TWEET, text_only["entities"]))
+    items.append(ReportItem.of("tweet without an image", TEXT_ONLY_TWEET, text_only))
     return items
 
 
@@ -314,10 +333,10 @@ def main() -> int:
         print(f"\nerror: {error}", file=sys.stderr)
         return 2
     print(f"      using {data}")
-    step(2, "Preprocessing Twitter-2017 with its BLIP-2 captions into Arrow shards")
-    shards = build_shards(data)
+    step(2, "Preprocessing Twitter-2017 with its BLIP-2 captions and PGIM knowledge into Arrow shards")
+    shards, context, budget = build_shards(data)
     step(3, "Training a small ITA model with cross-view alignment on the offline MiniLM encoder")
-    model_dir = train_model(shards)
+    model_dir = train_model(shards, context, budget)
     step(4, 'Serving it: pipeline("multimodal-ner", model=..., trust_remote_code=True)')
     items = run_pipeline(model_dir, data)
     step(5, "Exporting to ONNX and running the same inputs through ONNX Runtime")

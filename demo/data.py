@@ -79,6 +79,17 @@ def locate_data(explicit: str | None, shared: Path, download_dir: Path, timeout:
     return download_dir
 
 
+# PGIM's LLM knowledge, re-keyed by image id as in ../shared/data (see ../shared/README.md). Optional: the PGIM
+# repository ships it as CoNLL zip files, which the demo does not convert, so without it the demo trains on captions.
+KNOWLEDGE_FILES = {year: f"knowledge/pgim/PGIM_knowledge_{year}.jsonl" for year in ("15", "17")}
+
+
+def knowledge_file(data: Path, year: str) -> Path | None:
+    """PGIM's knowledge for Twitter-20`year` in the data folder, or None when it is not there."""
+    path = data / KNOWLEDGE_FILES[year]
+    return path if path.is_file() else None
+
+
 def images_dir(data: Path) -> Path | None:
     """The folder of real Twitter-2015 tweet images beside the data, if there is one."""
     folder = data / "images" / "twitter2015"

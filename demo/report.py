@@ -35,6 +35,8 @@ class ReportItem:
         entities: pipeline output with `aggregation_strategy="simple"` (`entity_group`, `start`, `end`, `score`).
         visual_context: the text the image became ("" when none).
         image: the image file, or None for a text-only call.
+        context_sources: what the context holds, as "<segment>:<aligner type>" (the pipeline's `context_sources`).
+        alignment_error: why the image gave no context or less than it could ("" when nothing went wrong).
     """
 
     title: str
@@ -42,6 +44,21 @@ class ReportItem:
     entities: list[dict] = field(default_factory=list)
     visual_context: str = ""
     image: Path | None = None
+    context_sources: list[str] = field(default_factory=list)
+    alignment_error: str = ""
+
+    @classmethod
+    def of(cls, title: str, text: str, result: dict, image: Path | None = None) -> "ReportItem":
+        """The item of a pipeline answer given with `return_visual_context=True`."""
+        return cls(
+            title,
+            text,
+            result["entities"],
+            result["visual_context"],
+            image,
+            result["context_sources"],
+            result["alignment_error"],
+        )
 
 
 def colour(entity_type: str) -> str:
@@ -81,10 +98,17 @@ def write_report(items: list[ReportItem], path: Path, summary: str) -> Path:
         else:
             picture = '<div class="noimage">no image</div>'
         context = html.escape(item.visual_context) if item.visual_context else "<i>none: text-only view</i>"
+        sources = html.escape(", ".join(item.context_sources)) if item.context_sources else "<i>none</i>"
+        problem = (
+            f'<div class="context"><b>Why not more:</b> {html.escape(item.alignment_error)}</div>'
+            if item.alignment_error
+            else ""
+        )
         cards.append(
             f'<div class="card">{picture}<div><div class="title">{html.escape(item.title)}</div>'
             f'<div class="tweet">{highlight(item.text, item.entities)}</div>'
-            f'<div class="context"><b>Visual context:</b> {context}</div></div></div>'
+            f'<div class="context"><b>Visual context:</b> {context}</div>'
+            f'<div class="context"><b>Where it came from:</b> {sources}</div>{problem}</div></div>'
         )
     page = (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>ITA demo</title><style>{STYLE}</style></head>'

@@ -284,12 +284,15 @@ TINY_VLM_CHAT_TEMPLATE = (
 )
 
 
-def tiny_vlm_tokenizer(extra_specials: list[str]):
-    """A character-level tokenizer (printable answers, unlike a byte-level one) with a chat template."""
+def tiny_vlm_tokenizer(extra_specials: list[str], tokenizer_class: str = "PreTrainedTokenizerFast"):
+    """A character-level tokenizer (printable answers, unlike a byte-level one) with a chat template.
+
+    `tokenizer_class` names the transformers class it is built as (some processors accept only their model's own).
+    """
     import string
 
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "<end_of_utterance>", *extra_specials]
     vocab = {
@@ -298,7 +301,7 @@ def tiny_vlm_tokenizer(extra_specials: list[str]):
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = getattr(transformers, tokenizer_class)(
         tokenizer_object=backend,
         pad_token="<pad>",
         unk_token="<unk>",
@@ -313,7 +316,8 @@ def tiny_vlm_tokenizer(extra_specials: list[str]):
 
 
 def save_tiny_vlm(folder: Path, kind: str, image_splitting: bool = False) -> Path:
-    """Saves a tiny random vision-language model (`"llava"` or `"idefics3"`, SmolVLM's architecture) with its processor.
+    """Saves a tiny random vision-language model with its processor: `"llava"`, `"idefics3"` (SmolVLM's architecture)
+    or `"paligemma"` (whose processor has no chat template).
 
     The folder loads with `AutoProcessor` + `AutoModelForImageTextToText` on both transformers lines. Weights are drawn
     with std 1 (not 0.02), so that answers depend on the prompt and the image; the same seed gives other weights on
@@ -365,11 +369,32 @@ def save_tiny_vlm(folder: Path, kind: str, image_splitting: bool = False) -> Pat
         model_class, extra = Idefics3ForConditionalGeneration, {"scale_factor": 2}
         image_token = {"image_token_id": tokenizer.convert_tokens_to_ids("<image>")}
         config_class = Idefics3Config
+    elif kind == "paligemma":
+        from transformers import (
+            GemmaConfig,
+            PaliGemmaConfig,
+            PaliGemmaForConditionalGeneration,
+            PaliGemmaProcessor,
+            SiglipImageProcessor,
+            SiglipVisionConfig,
+        )
+
+        tokenizer = tiny_vlm_tokenizer(["<image>"], "GemmaTokenizerFast")
+        tokenizer.chat_template = None
+        image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+        image_processor.image_seq_length = 16  # (32 / 8)² patches, each an image token
+        processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        vision_config = SiglipVisionConfig(**vision, image_size=32, patch_size=8).to_dict()
+        model_class, extra = PaliGemmaForConditionalGeneration, {"projection_dim": 16}
+        image_token = {"image_token_index": tokenizer.convert_tokens_to_ids("<image>")}
+        config_class = PaliGemmaConfig
     else:
         raise ValueError(f"unknown tiny VLM kind {kind!r}")
-    text_config = LlamaConfig(
+    text_class = LlamaConfig if kind != "paligemma" else GemmaConfig
+    text_config = text_class(
         **text,
         num_key_value_heads=2,
+        head_dim=8,
         vocab_size=len(tokenizer),
         max_position_embeddings=1024,
         initializer_range=1.0,
@@ -377,7 +402,7 @@ def save_tiny_vlm(folder: Path, kind: str, image_splitting: bool = False) -> Pat
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    if kind == "idefics3":
+    if kind != "llava":
         text_config = text_config.to_dict()
     torch.manual_seed(0)
     config = config_class(vision_config=vision_config, text_config=text_config, **image_token, **extra)

@@ -1,5 +1,6 @@
 """`python -m demo` (what `make demo` runs): a tiny end-to-end run, its reuse on a second run, and the no-data failure."""
 
+import base64
 import os
 import shutil
 import subprocess
@@ -64,10 +65,12 @@ def test_a_tiny_demo_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, shared
     for step in range(1, 7):
         assert f"[{step}/6]" in first.stdout
     assert "transformers_modules." in first.stdout and "MultimodalNERPipeline" in first.stdout
-    assert "context: GOLDEN STATE WARRIORS" in first.stdout, "OCR did not read the rendered sign"
+    assert "context: GOLDEN STATE WARRIORS\n      sources: ocr:rapidocr" in first.stdout, "OCR did not read the sign"
+    # Trained on the ablation's best context, and served reading new images through its live OCR.
+    assert "live aligner for new images: ['rapidocr']" in first.stdout and "PGIM knowledge" in first.stdout
     assert "identical entities for" in first.stdout
     for produced in (
-        "shards/twitter2017-blip2/dataset_dict.json",
+        "shards/twitter2017-blip2-pgim/dataset_dict.json",
         "model/model.safetensors",
         "model/pipeline_ita.py",
         "model/README.md",
@@ -80,6 +83,19 @@ def test_a_tiny_demo_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, shared
     report = (output / "report.html").read_text()
     assert report.count('class="card"') == len(list((shared_data / "images" / "twitter2015").glob("*.jpg"))) + 3
     assert "GOLDEN STATE WARRIORS" in report
+    # Each real image's caption and knowledge, and where the context came from.
+    assert (
+        report.count("knowledge:precomputed") >= len(list((shared_data / "images" / "twitter2015").glob("*.jpg"))) - 1
+    )
+    assert "Named entities" in report and "caption:precomputed" in report
+    # The served checkpoint (what `make serve` runs) reads an image it never saw, and says from where.
+    from handler import EndpointHandler
+
+    sign = base64.b64encode((output / "rendered-sign.png").read_bytes()).decode()
+    served = EndpointHandler(str(output / "model"))(
+        {"inputs": {"text": "Warriors parade today", "image": sign}, "parameters": {"return_visual_context": True}}
+    )
+    assert served["visual_context"] == "GOLDEN STATE WARRIORS" and served["context_sources"] == ["ocr:rapidocr"]
 
     second, second_seconds = run_demo(REPO, output, 900, **settings)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -43,13 +43,22 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, shared_data):
 
     images = sorted((shared_data / "images" / "twitter2015").glob("*.jpg"))[:2]
     items = [
-        ReportItem("with image", TEXT, ENTITIES, "a basketball player on a court | OCR: SPURS", images[0]),
+        ReportItem(
+            "with image",
+            TEXT,
+            ENTITIES,
+            "a basketball player on a court | SPURS",
+            images[0],
+            ["caption:precomputed", "ocr:rapidocr"],
+        ),
         ReportItem(
             "PNG data behind .jpg",
             "Visiting New York today",
             [entity("Visiting New York today", "New York", "LOC")],
             "a city street",
             images[1],
+            ["caption:precomputed"],
+            "ocr: RuntimeError: the engine failed",
         ),
         ReportItem(
             "text only", "No image here, Barack Obama", [entity("No image here, Barack Obama", "Barack Obama", "PER")]
@@ -61,6 +70,8 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium, shared_data):
     dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr
     assert dom.stdout.count('class="entity"') == 5
+    assert "<b>Where it came from:</b> caption:precomputed, ocr:rapidocr" in dom.stdout
+    assert "<b>Why not more:</b> ocr: RuntimeError: the engine failed" in dom.stdout
     for word, entity_type in (
         ("Kawhi Leonard", "PER"),
         ("San Antonio", "LOC"),

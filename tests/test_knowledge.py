@@ -87,7 +87,7 @@ def test_answers_are_printable_whitespace_collapsed_and_capped():
 # --- the image-text-to-text aligner -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["llava", "idefics3"])
+@pytest.fixture(scope="module", params=["llava", "idefics3", "paligemma"])
 def tiny_vlm(request, tmp_path_factory):
     return save_tiny_vlm(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -98,14 +98,12 @@ def direct_generation(folder, texts, segments, images, aligner) -> list[str]:
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     answers = []
     for text, image_segments, image in zip(texts, segments, images):
-        chat = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": aligner.prompt.fill(text, image_segments)}],
-            }
-        ]
-        prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        prompt = aligner.prompt.fill(text, image_segments)
+        if processor.chat_template:  # PaliGemma's processor has none: it reads the prompt as it is
+            chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[prompt], images=[[image]], return_tensors="pt")
+        inputs.pop("labels", None)
         with torch.inference_mode():
             generated = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False, num_beams=1)
         answer = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
@@ -155,7 +153,9 @@ def _special_tokens(model) -> dict:
 
 
 def test_the_spec_round_trips_and_rebuilds_the_same_aligner(tiny_vlm):
-    examples = [{"text": "Obama in Paris", "answer": "Named entities: 1. Obama (person)"}]
+    # Few-shot examples are turns of a conversation: only for a processor with a chat template (not PaliGemma's).
+    chat = bool(AutoProcessor.from_pretrained(tiny_vlm).chat_template)
+    examples = [{"text": "Obama in Paris", "answer": "Named entities: 1. Obama (person)"}] if chat else None
     aligner = ImageTextToTextAligner(str(tiny_vlm), prompt="{text}!", examples=examples, dtype="float32", **SHORT)
     spec = json.loads(json.dumps(aligner.to_dict()))
     assert spec == normalize_spec(spec) and spec["type"] == "image-text-to-text" and spec["examples"] == examples
@@ -163,9 +163,9 @@ def test_the_spec_round_trips_and_rebuilds_the_same_aligner(tiny_vlm):
     assert rebuilt.to_dict() == aligner.to_dict()
     texts = TWEETS[:2]
     assert rebuilt.align(IMAGES[:2], None, texts=texts) == aligner.align(IMAGES[:2], None, texts=texts)
-    # The examples are turns before the tweet's, so they change the answer.
-    plain = ImageTextToTextAligner(str(tiny_vlm), prompt="{text}!", **SHORT)
-    assert plain.align(IMAGES[:2], None, texts=texts) != aligner.align(IMAGES[:2], None, texts=texts)
+    if chat:  # the examples are turns before the tweet's, so they change the answer
+        plain = ImageTextToTextAligner(str(tiny_vlm), prompt="{text}!", **SHORT)
+        assert plain.align(IMAGES[:2], None, texts=texts) != aligner.align(IMAGES[:2], None, texts=texts)
 
 
 def test_an_aligner_called_on_one_image_reads_its_text(tiny_vlm):
@@ -196,14 +196,12 @@ def test_a_model_that_is_not_a_vision_language_model_is_refused_when_built(tmp_p
         ImageTextToTextAligner(str(minilm_dir))
 
 
-def test_a_processor_without_a_chat_template_is_refused(tmp_path):
-    folder = save_tiny_vlm(tmp_path / "llava", "llava")
-    processor = AutoProcessor.from_pretrained(folder)
-    processor.chat_template = None
-    processor.tokenizer.chat_template = None
-    model = AutoModelForImageTextToText.from_pretrained(folder)
-    with pytest.raises(ValueError, match="has no chat template, so a prompt cannot be put to it"):
-        ImageTextToTextAligner((model, processor))
+def test_a_processor_without_a_chat_template_takes_the_prompt_but_no_examples(tmp_path):
+    folder = save_tiny_vlm(tmp_path / "paligemma", "paligemma")
+    plain = ImageTextToTextAligner(str(folder), prompt="{text}", **SHORT)
+    assert not plain.chat and plain.prompt_text("Kawhi wins", {}) == "Kawhi wins"
+    with pytest.raises(ValueError, match="has no chat template, so few-shot examples"):
+        ImageTextToTextAligner(str(folder), examples=[{"text": "x", "answer": "y"}])
 
 
 @pytest.mark.parametrize(
