@@ -79,7 +79,8 @@ class Aligner:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        ALIGNER_TYPES[cls.type] = cls
+        if "type" in cls.__dict__:  # a base class of several aligner types has none of its own
+            ALIGNER_TYPES[cls.type] = cls
 
     @property
     def needs_images(self) -> bool:

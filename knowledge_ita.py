@@ -1,9 +1,9 @@
 """Aligners that write knowledge: a model reads the tweet and its image, then names the entities it sees, with reasons.
 
 PGIM and RiVEG gain over ITA's captions by appending such text to the tweet ("Named entities: 1. X (type) ...
-Reasoning: ..."). Here it is the `knowledge` segment, written by one of two aligners, both of which read the tweet
-(`needs_text`) and fill one `KnowledgePrompt` from it and from the segments aligners earlier in the list produced for
-the same image (PGIM's language model read a caption):
+Reasoning: ..."). Here it is the `knowledge` segment, written by one of two `KnowledgeAligner`s, both of which read the
+tweet (`needs_text`) and fill one `KnowledgePrompt` from it and from the segments aligners earlier in the list produced
+for the same image (PGIM's language model read a caption):
 
 - `ImageTextToTextAligner` (`"image-text-to-text"`): any transformers vision-language model with a chat template,
   run in this process, batched with left padding, greedy;
@@ -159,7 +159,39 @@ def _check_positive(name: str, value: Any, kind: type = int) -> None:
         raise ValueError(f"`{name}` must be a positive {kind.__name__}, got {value!r}")
 
 
-class ImageTextToTextAligner(Aligner):
+class KnowledgeAligner(Aligner):
+    """Base class of the aligners that write `knowledge`, the answer of a model to each image and its tweet.
+
+    The model also reads the segments the aligners before it made; its answer, cleaned and capped at `max_words`, is
+    the image's knowledge. Subclasses set `prompt` (a `KnowledgePrompt`) and `max_words`, and implement `write`.
+    """
+
+    segments = ("knowledge",)
+    needs_text = True
+    prompt: KnowledgePrompt
+    max_words: int
+
+    def align(
+        self,
+        images: Sequence[Any],
+        image_ids: Sequence[str] | None = None,
+        texts: Sequence[str | None] | None = None,
+        segments: Sequence[Segments] | None = None,
+    ) -> list[Segments]:
+        texts = [text or "" for text in texts] if texts is not None else [""] * len(images)
+        segments = list(segments) if segments is not None else [{} for _ in images]
+        return self.write(images, texts, segments)
+
+    def write(self, images: Sequence[Any], texts: list[str], segments: list[Segments]) -> list[Segments]:
+        """One `{"knowledge": pieces}` per image (`None` images included), from each tweet and its earlier segments."""
+        raise NotImplementedError
+
+    def knowledge(self, answer: Any) -> Segments:
+        """The segment of a model's answer."""
+        return {"knowledge": clean_answer(answer, self.max_words)}
+
+
+class ImageTextToTextAligner(KnowledgeAligner):
     """Knowledge from any transformers vision-language model with a chat template, run in this process.
 
     Each image is shown to the model with its tweet in a `KnowledgePrompt`; the answer, cleaned and capped, is the
@@ -191,8 +223,6 @@ class ImageTextToTextAligner(Aligner):
     """
 
     type = "image-text-to-text"
-    segments = ("knowledge",)
-    needs_text = True
 
     def __init__(
         self,
@@ -329,22 +359,14 @@ class ImageTextToTextAligner(Aligner):
         chat[-1]["content"].insert(0, {"type": "image"})
         return chat
 
-    def align(
-        self,
-        images: Sequence[Any],
-        image_ids: Sequence[str] | None = None,
-        texts: Sequence[str | None] | None = None,
-        segments: Sequence[Segments] | None = None,
-    ) -> list[Segments]:
+    def write(self, images: Sequence[Any], texts: list[str], segments: list[Segments]) -> list[Segments]:
         import torch
 
-        texts = texts or [None] * len(images)
-        segments = segments or [{} for _ in images]
         results: list[Segments] = [{"knowledge": []} for _ in images]
         present = [i for i, image in enumerate(images) if image is not None]
         for start in range(0, len(present), self.batch_size):
             batch = present[start : start + self.batch_size]
-            prompts = [self.prompt_text(texts[i] or "", segments[i]) for i in batch]
+            prompts = [self.prompt_text(texts[i], segments[i]) for i in batch]
             inputs = self.processor(
                 text=prompts,
                 images=[[images[i]] for i in batch],
@@ -360,11 +382,11 @@ class ImageTextToTextAligner(Aligner):
                 generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
             )
             for i, answer in zip(batch, answers):
-                results[i]["knowledge"] = clean_answer(answer, self.max_words)
+                results[i] = self.knowledge(answer)
         return results
 
 
-class ChatCompletionsAligner(Aligner):
+class ChatCompletionsAligner(KnowledgeAligner):
     """Knowledge from an OpenAI-compatible chat endpoint, through `huggingface_hub.InferenceClient`.
 
     vLLM, TGI, `transformers serve`, Inference Endpoints, Inference Providers and OpenAI all answer it. Each tweet is
@@ -402,8 +424,6 @@ class ChatCompletionsAligner(Aligner):
     """
 
     type = "chat-completions"
-    segments = ("knowledge",)
-    needs_text = True
     # Back-off before retry k (k = 0, 1, ...): BACKOFF_SECONDS * 2**k, with up to 25% jitter, at most MAX_BACKOFF.
     BACKOFF_SECONDS: ClassVar[float] = 0.5
     MAX_BACKOFF_SECONDS: ClassVar[float] = 8.0
@@ -591,22 +611,13 @@ class ChatCompletionsAligner(Aligner):
             reason = f"{type(err).__name__} (no answer: is the endpoint up, and is its answer OpenAI chat JSON?)"
         return f"{self.type} aligner, model {self.model!r} at {self.host}: {reason} after {attempts} attempt(s)"
 
-    def align(
-        self,
-        images: Sequence[Any],
-        image_ids: Sequence[str] | None = None,
-        texts: Sequence[str | None] | None = None,
-        segments: Sequence[Segments] | None = None,
-    ) -> list[Segments]:
-        texts = texts or [None] * len(images)
-        segments = segments or [{} for _ in images]
-
+    def write(self, images: Sequence[Any], texts: list[str], segments: list[Segments]) -> list[Segments]:
         def one(index: int) -> tuple[Segments, str | None]:
             try:
-                answer = self.ask(self.messages(texts[index] or "", segments[index], images[index]))
+                answer = self.ask(self.messages(texts[index], segments[index], images[index]))
             except Exception as err:  # noqa: BLE001 - one tweet's failure is recorded for it; the others go on.
                 return {"knowledge": []}, str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
-            return {"knowledge": clean_answer(answer, self.max_words)}, None
+            return self.knowledge(answer), None
 
         with ThreadPoolExecutor(min(self.concurrency, max(1, len(images)))) as pool:
             outcomes = list(pool.map(one, range(len(images))))
