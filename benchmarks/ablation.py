@@ -27,9 +27,10 @@ KNOWLEDGE_RESULTS = REPO / "benchmarks" / "results" / "knowledge_ablation.json"
 STEP_RATIO_RESULTS = REPO / "benchmarks" / "results" / "ablation_step_ratio.json"
 # Cell name -> its context segments (in context order; none = text only), CVA on or off, and the context's sub-token
 # budget. The first three cells are the 1-epoch caption study (`ablation.json`); the others are the knowledge study
-# (`knowledge_ablation.json`, `--suite knowledge`): PGIM's LLM knowledge alone and with the caption in both orders,
-# and knowledge in a budget too small for it. The knowledge is ~90-105 words, 126 MiniLM sub-tokens at the median and
-# 172 (Twitter-2017) / 193 (Twitter-2015) at the 95th percentile, so its cells get 192.
+# (`knowledge_ablation.json`, `--suite knowledge`): PGIM's LLM knowledge alone and with the caption in both orders.
+# The knowledge is ~90-105 words, 126 MiniLM sub-tokens at the median and 172 (Twitter-2017) / 193 (Twitter-2015) at
+# the 95th percentile, so its cells get 192; what a smaller budget costs is measured on the trained models
+# (`--budget-sweep`).
 CELLS = {
     # The budget of a text-only model is the one it is tested with when it is given a context.
     "text_only": {"context": [], "cva": False, "budget": 192},
@@ -38,7 +39,6 @@ CELLS = {
     "knowledge_cva": {"context": ["knowledge"], "cva": True, "budget": 192},
     "caption_knowledge_cva": {"context": ["caption", "knowledge"], "cva": True, "budget": 192},
     "knowledge_caption_cva": {"context": ["knowledge", "caption"], "cva": True, "budget": 192},
-    "knowledge_cva_budget64": {"context": ["knowledge"], "cva": True, "budget": 64},
 }
 # Which cells a suite runs on which data, the contexts a text-only model is also tested with, and its results file.
 SUITES = {
@@ -54,7 +54,6 @@ SUITES = {
             "knowledge_cva": ["twitter2017", "twitter2015"],
             "caption_knowledge_cva": ["twitter2017", "twitter2015"],
             "knowledge_caption_cva": ["twitter2017"],
-            "knowledge_cva_budget64": ["twitter2017"],
         },
         "eval_contexts": ["caption", "knowledge"],
         "out": KNOWLEDGE_RESULTS,
@@ -151,8 +150,8 @@ def train_command(dataset: str, shards: str, cell: str, seed: int, output_dir: P
     ]
 
 
-def evaluate_command(shards: str, model_dir: Path, context: str, out_dir: Path) -> list:
-    """The train.py command that tests a trained model with `context` as its visual context (and text only)."""
+def evaluate_command(shards: str, model_dir: Path, context: list[str], out_dir: Path) -> list:
+    """The train.py command that tests a trained model with the `context` segments as its context, and text only."""
     return [
         sys.executable,
         str(REPO / "train.py"),
@@ -163,9 +162,9 @@ def evaluate_command(shards: str, model_dir: Path, context: str, out_dir: Path) 
         "--dataset_path",
         shards,
         "--context_columns",
-        context,
+        *context,
         "--context_order",
-        context,
+        *context,
         "--output_dir",
         str(out_dir),
         "--per_device_eval_batch_size",
@@ -207,7 +206,7 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         tested = {}
         for context in suite["eval_contexts"]:
             scores_dir = output_dir / f"eval-with-{context}"
-            evaluate = evaluate_command(shards, output_dir, context, scores_dir)
+            evaluate = evaluate_command(shards, output_dir, [context], scores_dir)
             if not (scores_dir / "test_results.json").is_file():
                 with open(log, "a") as handle:
                     subprocess.run(evaluate, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
@@ -280,32 +279,80 @@ def step_ratio(shards: str, batches: int, batch_size: int, max_context_tokens: i
     }
 
 
+def budget_sweep(shards: dict[str, str], budgets: list[int], args: argparse.Namespace) -> None:
+    """Tests every finished run whose context holds knowledge again with smaller sub-token budgets.
+
+    The model is the same; only `max_context_tokens` of a copy of its config changes (weights linked, not copied), so
+    the difference is what cutting the context to that budget costs at test time. Results go into each run's
+    `test_with_budget`.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+    for run in load(args.out)["runs"]:
+        context = CELLS[run["cell"]]["context"]
+        if "knowledge" not in context or run["dataset"] not in shards:
+            continue
+        model = Path(args.work) / f"{run['dataset']}-{run['cell']}-seed{run['seed']}"
+        for budget in budgets:
+            if str(budget) in run.get("test_with_budget", {}):
+                continue
+            copy = Path(args.work) / "budgets" / f"{model.name}-budget{budget}"
+            copy.mkdir(parents=True, exist_ok=True)
+            for path in model.iterdir():
+                if path.is_file() and not (copy / path.name).exists():
+                    (copy / path.name).symlink_to(path)
+            config = json.loads((model / "config.json").read_text())
+            (copy / "config.json").unlink()
+            (copy / "config.json").write_text(json.dumps({**config, "max_context_tokens": budget}))
+            evaluate = evaluate_command(shards[run["dataset"]], copy, context, copy / "eval")
+            subprocess.run(evaluate, cwd=REPO, env=env, check=True, capture_output=True)
+            with _lock:
+                results = load(args.out)
+                [stored] = [r for r in results["runs"] if all(r[k] == run[k] for k in ("dataset", "cell", "seed"))]
+                stored.setdefault("test_with_budget", {})[str(budget)] = scores(copy / "eval")["test"]
+                args.out.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"{model.name} at {budget} sub-tokens: {scores(copy / 'eval')['test']}", flush=True)
+
+
 def table(results: dict) -> str:
-    """The results as a markdown table: test F1 mean ± standard deviation over seeds, reference numbers beside them."""
+    """The results as a markdown table: test F1 mean ± standard deviation over seeds, reference numbers beside them.
+
+    A model trained without context is shown with each context it was also tested with; the other models with the
+    context they were trained on.
+    """
     import statistics
 
     def spread(values: list[float]) -> str:
         return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
     lines = [
-        "| data | cell | seeds | test F1 with caption | test F1 text only | strict IOB2 F1 (caption / text) | "
-        "s per epoch (min–max) | XLM-R-large F1 from the papers |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | cell | seeds | test F1 with its context | test F1 text only | dev F1 with context / text only | "
+        "strict IOB2 F1 (context / text) | s per epoch (min–max) | XLM-R-large F1 from the papers |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in ("twitter2017", "twitter2015"):
         for cell in CELLS:
             runs = [r for r in results["runs"] if r["dataset"] == dataset and r["cell"] == cell]
             if not runs:
                 continue
-            scores = {
-                (mode, name): [r["test"][mode][name] for r in runs] for mode in MODES for name in ("f1", "strict_f1")
-            }
+
+            def score(split: str, mode: str, name: str = "f1", runs: list = runs) -> str:
+                return spread([r[split][mode][name] for r in runs])
+
+            if CELLS[cell]["context"]:
+                with_context = score("test", "with_context")
+            elif "tested_with" in runs[0]:
+                with_context = " / ".join(
+                    f"{spread([r['tested_with'][c]['test']['with_context']['f1'] for r in runs])} ({c})"
+                    for c in runs[0]["tested_with"]
+                )
+            else:  # the caption study, which tested a text-only model with the caption only
+                with_context = f"{score('test', 'with_context')} ({runs[0]['eval_context']})"
             epochs = [seconds for r in runs for seconds in r["epoch_train_seconds"]]
             lines.append(
-                f"| {dataset} | {cell} | {len(runs)} | {spread(scores['with_context', 'f1'])} | "
-                f"{spread(scores['text_only', 'f1'])} | {spread(scores['with_context', 'strict_f1'])} / "
-                f"{spread(scores['text_only', 'strict_f1'])} | {min(epochs):.0f}–{max(epochs):.0f} | "
-                f"{results['reference'].get(dataset, {}).get(cell, '–')} |"
+                f"| {dataset} | {cell} | {len(runs)} | {with_context} | {score('test', 'text_only')} | "
+                f"{score('dev', 'with_context')} / {score('dev', 'text_only')} | "
+                f"{score('test', 'with_context', 'strict_f1')} / {score('test', 'text_only', 'strict_f1')} | "
+                f"{min(epochs):.0f}–{max(epochs):.0f} | {results['reference'].get(dataset, {}).get(cell, '–')} |"
             )
     return "\n".join(lines)
 
@@ -335,6 +382,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="results file (default: the suite's)")
     parser.add_argument("--step-ratio", action="store_true", help="measure the CVA / plain step time ratio instead")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out")
+    parser.add_argument(
+        "--budget-sweep", nargs="+", type=int, metavar="TOKENS", help="test the knowledge runs again at these budgets"
+    )
     args = parser.parse_args()
     suite = SUITES[args.suite]
     args.out = args.out or suite["out"]
@@ -342,6 +392,9 @@ def main() -> None:
         print(table(load(args.out)))
         return
     shards = dict(item.split("=", 1) for item in args.shards)
+    if args.budget_sweep:
+        budget_sweep(shards, args.budget_sweep, args)
+        return
     if args.step_ratio:
         result = step_ratio(next(iter(shards.values())), 10, args.batch_size, args.max_context_tokens)
         STEP_RATIO_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
