@@ -77,9 +77,10 @@ test-latest: $(VENV_LATEST)/.installed
 demo: $(VENV)/.installed system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m demo
 
-# The Gradio app (a Space's app.py) on the demo's checkpoint; Gradio 6 lives on the newest stack.
+# The Gradio app (a Space's app.py) on the demo's checkpoint, which reads new images through its live OCR aligner;
+# Gradio 6 lives on the newest stack.
 app: $(VENV_LATEST)/.installed
-	HF_HUB_OFFLINE=1 $(PY_LATEST) app.py --model demo-output/model --aligner '{"type": "rapidocr"}'
+	HF_HUB_OFFLINE=1 $(PY_LATEST) app.py --model demo-output/model
 
 # The Inference Endpoints handler of the demo's checkpoint behind a local HTTP server.
 serve: $(VENV)/.installed
