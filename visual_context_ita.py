@@ -275,8 +275,9 @@ def contexts_for_tweets(
 
     Tweets are grouped by the aligners their image needs (`aligners_for_image`: the live aligners stand in for
     precomputed contexts an image has none of), each group's images are read by `load` and aligned together with
-    `align_images`, and contexts already in `cache` are taken from it. A tweet whose image gives no context says why
-    in its `errors`: the image could not be read, an aligner failed, or no aligner could read it.
+    `align_images`, and contexts already in `cache` are taken from it. A tweet whose image gives no context says why:
+    in its `errors` when the image could not be read or an aligner failed, in its `unread` when no aligner can read
+    it.
 
     Args:
         tweets: The tweets' images, ids and texts.
@@ -309,6 +310,8 @@ def contexts_for_tweets(
     for key, indices in groups.items():
         group = chosen[key]
         needs_pixels, needs_text = any(a.needs_images for a in group), any(a.needs_text for a in group)
+        # An image id matters only to precomputed aligners: without them, one picture is one picture however named.
+        needs_id = any(a.precomputed for a in group)
         pictures, problems, cache_keys, missing = {}, {}, {}, []
         for index in indices:
             tweet = tweets[index]
@@ -323,7 +326,12 @@ def contexts_for_tweets(
             if cacheable:
                 pixels = pictures[index]
                 digest = None if pixels is None else _pixels_digest(pixels)
-                cache_keys[index] = (key, digest, tweet.image_id, tweet.text if needs_text else None)
+                cache_keys[index] = (
+                    key,
+                    digest,
+                    tweet.image_id if needs_id else None,
+                    tweet.text if needs_text else None,
+                )
                 contexts[index] = cache.get(cache_keys[index])
             if contexts[index] is None:
                 missing.append(index)

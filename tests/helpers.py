@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoConfig, PretrainedConfig
@@ -496,3 +497,16 @@ def _chunk(content: str) -> dict:
         "system_fingerprint": "test",
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}],
     }
+
+
+def assert_same_entities(actual, expected) -> None:
+    """Same entities, words and offsets; scores equal up to float32 noise (padding changes encoder kernels)."""
+
+    def key(entity):
+        return {name: value for name, value in entity.items() if name != "score"}
+
+    def scores(results):
+        return [entity["score"] for result in results for entity in result]
+
+    assert [[key(e) for e in r] for r in actual] == [[key(e) for e in r] for r in expected]
+    assert scores(actual) == pytest.approx(scores(expected), abs=1e-6)

@@ -12,7 +12,7 @@ from aligners_ita import Aligner, RapidOCRAligner
 from encoding_ita import encode_example, pad_batch
 from fresh_process import run_fresh_python
 from helpers import PIPELINE_LABELS as LABELS
-from helpers import all_entity_model, tiny_ita_model
+from helpers import all_entity_model, assert_same_entities, tiny_ita_model
 from images_ita import load_image
 from pipeline_ita import MultimodalNERPipeline
 from pretokenizer_ita import TweetPreTokenizer
@@ -24,19 +24,6 @@ TWEETS = [
     "New Post : Blackburn Festival of Voice 2017",
     "Paris Paris Paris ... Paris !",
 ]
-
-
-def assert_same_entities(actual, expected) -> None:
-    """Same entities, words and offsets; scores equal up to float32 noise (padding changes encoder kernels)."""
-
-    def key(entity):
-        return {name: value for name, value in entity.items() if name != "score"}
-
-    def scores(results):
-        return [entity["score"] for result in results for entity in result]
-
-    assert [[key(e) for e in r] for r in actual] == [[key(e) for e in r] for r in expected]
-    assert scores(actual) == pytest.approx(scores(expected), abs=1e-6)
 
 
 @pytest.fixture(scope="module", autouse=True)
