@@ -1,7 +1,9 @@
 """Fixtures and hooks only: the shared data, the offline encoder and tokenizers. What tests import is in helpers.py."""
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,13 @@ SHARED_DATA = Path(os.environ.get("ITA_SHARED_DATA") or CHECKOUT.parent / "share
 # anything imports huggingface_hub, which reads HF_HUB_OFFLINE once.
 sys.path.insert(0, str(CHECKOUT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `load_dataset` caches what it builds under ~/.cache/huggingface/datasets, keyed so that a folder a test rewrites at a
+# path an earlier run used can come back stale: the tests (and the processes they start) get a cache of their own.
+DATASETS_CACHE = os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="ita-tests-datasets-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(DATASETS_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
