@@ -13,8 +13,8 @@ for the same image (PGIM's language model read a caption):
 
 Whatever a model answers (nothing, garbage, thousands of words), the segment is cleaned and capped (`clean_answer`).
 
-Remote code: imports only the standard library and its sibling modules at top level; torch, transformers, Pillow and
-huggingface_hub are imported when an aligner is built or run.
+Remote code: imports only the standard library and its sibling modules at top level; torch and transformers when a
+model is built or run, and huggingface_hub by name (`images_ita.optional_import`) when an endpoint is called.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from urllib.parse import urlsplit
 try:
     from .aligners_ita import Aligner, PartialAlignment, Segments, _model_name, normalize_text
     from .configuration_ita import DEFAULT_PIECE_SEPARATORS
+    from .images_ita import optional_import
 except ImportError:
     from aligners_ita import Aligner, PartialAlignment, Segments, _model_name, normalize_text
     from configuration_ita import DEFAULT_PIECE_SEPARATORS
+    from images_ita import optional_import
 
 # What a prompt can read: the tweet, and the segments earlier aligners produced for its image.
 PROMPT_FIELDS: tuple[str, ...] = ("text", "caption", "objects", "ocr")
@@ -468,9 +470,7 @@ class ChatCompletionsAligner(KnowledgeAligner):
                 "endpoint's key (the key itself never goes into a spec), or leave api_key_env out for an endpoint "
                 "without one"
             )
-        from huggingface_hub import constants
-
-        if constants.HF_HUB_OFFLINE:
+        if optional_import("huggingface_hub.constants").HF_HUB_OFFLINE:
             raise RuntimeError(
                 f"HF_HUB_OFFLINE is set, and huggingface_hub's InferenceClient then refuses every URL, {parts.hostname} "
                 "included: unset HF_HUB_OFFLINE in the process that calls the endpoint (models already on disk load "
@@ -513,8 +513,7 @@ class ChatCompletionsAligner(KnowledgeAligner):
         """This thread's client (its HTTP session is not shared between the threads of `concurrency`)."""
         client = getattr(self._local, "client", None)
         if client is None:
-            from huggingface_hub import InferenceClient
-
+            InferenceClient = optional_import("huggingface_hub").InferenceClient
             if self.api_key_env:
                 credentials: dict[str, Any] = {"api_key": os.environ.get(self.api_key_env)}
             else:

@@ -434,6 +434,22 @@ def load_splits(
     return train, dev, test, labels, context
 
 
+def check_live_aligners(specs: list[dict[str, Any]], order: list[str]) -> None:
+    """Refuses a live aligner whose segments the context order leaves out: its text would never reach the model.
+
+    Raises:
+        ValueError: naming the aligner, its segments, the order and the option that fixes it.
+    """
+    for spec in specs:
+        segments = list(ALIGNER_TYPES[spec["type"]].segments) if spec["type"] in ALIGNER_TYPES else []
+        if segments and not set(segments) & set(order):
+            raise ValueError(
+                f"--live_aligner {spec['type']!r} fills {segments}, which the context order {order} leaves out, so "
+                f"its text would never reach the model: add one of them to --context_order (e.g. --context_order "
+                f"{' '.join([*order, segments[0]])})"
+            )
+
+
 def resume_point(training_args: ITATrainingArguments) -> str | None:
     """The checkpoint training continues from: the one given, else the newest complete one in --output_dir.
 
@@ -492,6 +508,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: ITA
     # checkpoints before the others look for one.
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking data and checkpoints"):
         train_dataset, eval_dataset, test_dataset, labels, context = load_splits(data_args, training_args.do_train)
+        check_live_aligners(model_args.live_aligners, context["context_order"])
         last_checkpoint = resume_point(training_args) if training_args.do_train else None
     test_size = len(test_dataset) if test_dataset is not None else "none"
     if train_dataset is None:

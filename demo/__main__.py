@@ -35,7 +35,7 @@ ONNX_SPEED_TWEETS = 64
 KNOWLEDGE_CONTEXT, KNOWLEDGE_BUDGET = ["caption", "knowledge"], 192
 CAPTION_CONTEXT, CAPTION_BUDGET = ["caption"], 64
 # The live aligner the checkpoint names for new images: OCR works offline (its models ship in the wheel).
-LIVE_ALIGNER = {"type": "rapidocr"}
+LIVE_ALIGNER, LIVE_SEGMENTS = {"type": "rapidocr"}, ["ocr"]
 CONTEXT_TITLES = {"caption": "BLIP-2 captions", "knowledge": "PGIM knowledge", "objects": "object tags", "ocr": "OCR"}
 # A tweet whose names are ambiguous from its words alone; the rendered sign says what they are.
 SIGN_LINES = ("GOLDEN STATE", "WARRIORS")
@@ -89,8 +89,10 @@ def train_model(shards: Path, context: list[str], budget: int) -> Path:
             "--overwrite_output_dir",
             "--context_columns",
             *context,
+            # The live aligner's segment goes last in the order, so that OCR of a new image reaches the model.
             "--context_order",
             *context,
+            *LIVE_SEGMENTS,
             "--live_aligner",
             json.dumps(LIVE_ALIGNER),
             "--cva",
@@ -134,15 +136,15 @@ def train_model(shards: Path, context: list[str], budget: int) -> Path:
     else:
         print(f"      reusing the model in {model_dir} (delete it to train again)")
         refresh_remote_code(model_dir)
-    print(f"      {dev_scores(model_dir)}")
+    print(f"      {dev_scores(model_dir, context)}")
     return model_dir
 
 
-def dev_scores(model_dir: Path) -> str:
+def dev_scores(model_dir: Path, context: list[str]) -> str:
     metrics = json.loads((model_dir / "eval_results.json").read_text())
     state = json.loads((model_dir / "trainer_state.json").read_text())
     config = json.loads((model_dir / "config.json").read_text())
-    context = " + ".join(CONTEXT_TITLES.get(name, name) for name in config["context_order"])
+    context = " + ".join(CONTEXT_TITLES[name] for name in context)
     return (
         f"dev F1 with visual context {100 * metrics['eval_with_context_f1']:.2f}, text only "
         f"{100 * metrics['eval_text_only_f1']:.2f} (MiniLM trained {state['global_step']} steps with CVA on "
@@ -342,7 +344,7 @@ def main() -> int:
     step(5, "Exporting to ONNX and running the same inputs through ONNX Runtime")
     onnx_summary = compare_onnx(model_dir, items, shards)
     step(6, "Writing the report")
-    summary = f"{dev_scores(model_dir)}. {onnx_summary}."
+    summary = f"{dev_scores(model_dir, context)}. {onnx_summary}."
     report = write_report(items, OUTPUT / "report.html", summary)
     print(f"      {report}  (open it in a browser)")
     return 0

@@ -145,3 +145,11 @@ def test_a_checkpoint_that_cannot_read_new_images_says_so_and_how_to_fix_it(shar
     assert "no live aligner reads new images" in result["alignment_error"]
     known = ner({"text": "Obama visits Paris", "image_id": "1001"}, return_visual_context=True)
     assert known["visual_context"] == KNOWLEDGE["1001"] and known["alignment_error"] == ""
+
+
+def test_a_live_aligner_whose_segment_the_context_order_leaves_out_is_refused_before_training():
+    import train
+
+    train.check_live_aligners([{"type": "rapidocr"}], ["caption", "knowledge", "ocr"])
+    with pytest.raises(ValueError, match=r"'rapidocr' fills \['ocr'\], which the context order \['knowledge'\]"):
+        train.check_live_aligners([{"type": "rapidocr"}], ["knowledge"])
