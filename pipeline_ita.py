@@ -8,7 +8,7 @@ and its siblings through flat relative imports (with an absolute fallback for th
 
 import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,37 +370,20 @@ class MultimodalNERPipeline(ChunkPipeline):
                 batch = []
         yield from self._contexts(batch, visual_context, load)
 
-    def _contexts(self, batch: list[dict[str, Any]], visual_context: str | None, load: Any) -> list[dict[str, Any]]:
+    def _contexts(
+        self, batch: list[dict[str, Any]], visual_context: str | None, load: Callable[[Any], Any]
+    ) -> list[dict[str, Any]]:
         """The inputs of a batch with their visual contexts (see `_with_contexts`)."""
         given = [
             element["visual_context"] if element["visual_context"] is not None else visual_context for element in batch
         ]
         # A tweet without a word is tagged without reading its image.
         pending = [i for i, element in enumerate(batch) if given[i] is None and _has_text(element["text"])]
-        tweets = [
-            TweetImage(
-                image=batch[i]["image"],
-                image_id=batch[i]["image_id"]
-                if batch[i]["image_id"] is not None
-                else image_id_from_source(batch[i]["image"]),
-                text=batch[i]["text"] if isinstance(batch[i]["text"], str) else " ".join(batch[i]["text"]),
-            )
-            for i in pending
-        ]
-        made = dict(
-            zip(
-                pending,
-                contexts_for_tweets(
-                    tweets,
-                    self.aligners,
-                    self.live_aligners,
-                    self.context_builder,
-                    load,
-                    self.context_cache,
-                    self._no_aligners,
-                ),
-            )
+        tweets = [_tweet_image(batch[i]) for i in pending]
+        contexts = contexts_for_tweets(
+            tweets, self.aligners, self.live_aligners, self.context_builder, load, self.context_cache, self._no_aligners
         )
+        made = dict(zip(pending, contexts))
         out = []
         for index, element in enumerate(batch):
             context = made.get(index)
@@ -567,6 +550,13 @@ def _normalized_inputs(text: Any, image: Any, is_split_into_words: bool) -> Any:
         # datasets), so rows are read through one.
         return (_input_dict(element, None) for element in text)
     raise TypeError(f"Unsupported input of type {type(text).__name__}: give a str, a list of words, a dict or a list.")
+
+
+def _tweet_image(element: dict[str, Any]) -> TweetImage:
+    """An input's image on its way to a context: its id is the one given, else the one its path or URL names."""
+    image_id = element["image_id"] if element["image_id"] is not None else image_id_from_source(element["image"])
+    text = element["text"] if isinstance(element["text"], str) else " ".join(element["text"])
+    return TweetImage(image=element["image"], image_id=image_id, text=text)
 
 
 def _has_text(text: str | list[str]) -> bool:
