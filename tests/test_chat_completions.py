@@ -257,3 +257,20 @@ def test_a_real_server_answers_what_the_same_model_answers_in_this_process(serve
     assert len({result["knowledge"][0] for result in served}) >= 2, served
     chat.concurrency = 3  # the model is loaded now; three requests at once give the same answers
     assert chat.align(IMAGES[:3], None, texts=TWEETS[:3]) == served
+
+
+def test_preprocessing_keeps_a_tweet_whose_endpoint_failed_and_records_why(endpoint):
+    from preprocess.align import BatchAligner
+
+    endpoint.script.extend([(429, {"Retry-After": "0"}, b"slow down")] * 2)
+    # One request at a time: the first tweet meets both 429s and fails after its retry, the second is answered.
+    spec = {"type": "chat-completions", "base_url": endpoint.url, "model": "tiny", "max_retries": 1, "concurrency": 1}
+    spec.update(prompt="{text}", send_image=False)
+    batch = {"id": ["0", "1"], "tokens": [["Kawhi", "wins"], ["Obama", "visits"]], "image_id": ["a", "b"]}
+    out = BatchAligner([spec], {"order": ["knowledge"]}, images_dir=None)({**batch, "image": ["a.jpg", "b.jpg"]})
+    host = f"127.0.0.1:{endpoint.server_address[1]}"
+    assert out["alignment_error"] == [
+        f"chat-completions: chat-completions aligner, model 'tiny' at {host}: HTTP 429 after 2 attempt(s)",
+        "",
+    ]
+    assert out["visual_context"] == ["", "Named entities: 1. Obama visits"] and out["id"] == ["0", "1"]
