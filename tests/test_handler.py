@@ -442,6 +442,8 @@ def test_served_by_default_image_urls_to_loopback_go_unfetched_and_texts_over_th
                 url, json.dumps({**payload, "parameters": {"return_visual_context": True}}).encode()
             )
             assert status == 200 and answer["visual_context"] == "", raw[:500]
+            # The client can tell why its image gave no context.
+            assert "RefusedURLError" in answer["alignment_error"] and answer["context_sources"] == [], raw[:500]
         assert files.connections == 0, "refused before any connection"
         for text in ("x" * (cap + 1), ["x" * (cap // 2)] * 2):
             status, answer, raw = post(url, json.dumps({"inputs": {"text": text}}).encode())
