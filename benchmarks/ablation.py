@@ -112,6 +112,8 @@ def summarize(output_dir: Path) -> dict:
 def train_command(dataset: str, shards: str, cell: str, seed: int, output_dir: Path, args: argparse.Namespace) -> list:
     """The train.py command of one cell and seed."""
     spec = CELLS[cell]
+    # No --overwrite_output_dir: a run that was interrupted (a restart of the machine would cost hours of knowledge
+    # runs) goes on from the newest complete checkpoint in its folder, which is named for its dataset, cell and seed.
     return [
         sys.executable,
         str(REPO / "train.py"),
@@ -119,7 +121,6 @@ def train_command(dataset: str, shards: str, cell: str, seed: int, output_dir: P
         shards,
         "--output_dir",
         str(output_dir),
-        "--overwrite_output_dir",
         "--seed",
         str(seed),
         "--num_train_epochs",
