@@ -1,14 +1,29 @@
-r"""CPU-scale ITA ablation on real data: text only vs BLIP-2 captions without / with cross-view alignment.
+r"""CPU-scale ITA ablations on real data: which visual context helps, with and without cross-view alignment.
 
-Every cell is one `train.py` run (a fresh process, one torch thread) on `python -m preprocess` shards built
-with the BLIP-2 captions; each is evaluated on test with visual context and text only. Results are appended
-to the JSON file as each run finishes, so an interrupted ablation keeps what it finished and a rerun skips it.
+Every cell is one `train.py` run (a fresh process, one torch thread) on `python -m preprocess` shards; each is
+evaluated on test with visual context and text only. Results are appended to the JSON file as each run finishes, so
+an interrupted ablation keeps what it finished and a rerun skips it; a run cut off mid-training goes on from its
+newest checkpoint.
+
+The caption study (1 epoch; `benchmarks/results/ablation.json`) reads shards with the BLIP-2 captions:
 
     python -m preprocess --data ../shared/data/twitter2017 \\
         --context ../shared/data/captions/blip2/BLIP2_17.txt --out /tmp/shards/t17
     python benchmarks/ablation.py --shards twitter2017=/tmp/shards/t17 twitter2015=/tmp/shards/t15 --workers 2
     python benchmarks/ablation.py --step-ratio --shards twitter2017=/tmp/shards/t17   # CVA / plain step time
     python benchmarks/ablation.py --table                                            # markdown table
+
+The knowledge study (`--suite knowledge`, 3 epochs; `benchmarks/results/knowledge_ablation.json`) reads shards
+with both the captions and PGIM's LLM knowledge:
+
+    python -m preprocess --data ../shared/data/twitter2017 \\
+        --context ../shared/data/captions/blip2/BLIP2_17.txt --context-source "BLIP-2 captions, PGIM release" \\
+        --context ../shared/data/knowledge/pgim/PGIM_knowledge_17.jsonl \\
+        --context-source "PGIM knowledge (gpt-3.5-turbo), PGIM release" --out /tmp/shards/t17k
+    python benchmarks/ablation.py --suite knowledge --epochs 3 --workers 2 --seeds 42 43 44 \\
+        --shards twitter2017=/tmp/shards/t17k
+    python benchmarks/ablation.py --suite knowledge --budget-sweep 64 128 --shards twitter2017=/tmp/shards/t17k
+    python benchmarks/ablation.py --suite knowledge --table
 """
 
 import argparse
