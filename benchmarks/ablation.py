@@ -23,6 +23,7 @@ with both the captions and PGIM's LLM knowledge:
     python benchmarks/ablation.py --suite knowledge --epochs 3 --workers 2 --seeds 42 43 44 \\
         --shards twitter2017=/tmp/shards/t17k
     python benchmarks/ablation.py --suite knowledge --budget-sweep 64 128 --shards twitter2017=/tmp/shards/t17k
+    python benchmarks/ablation.py --suite knowledge --context-lengths 64 128 192 --shards twitter2017=/tmp/shards/t17k
     python benchmarks/ablation.py --suite knowledge --table
 """
 
@@ -295,6 +296,49 @@ def step_ratio(shards: str, batches: int, batch_size: int, max_context_tokens: i
     }
 
 
+def context_lengths(shards: dict[str, str], budgets: list[int], args: argparse.Namespace) -> None:
+    """Sub-tokens of each cell's context as the encoder reads it, and the share of tweets whose context fits each budget.
+
+    The context is built from the shards' columns exactly as `train.py` builds it for the cell, and counted with the
+    tokenisation the model encodes (`encoding_ita._tokenised`). Results go into the results file's `context_tokens`.
+    """
+    sys.path.insert(0, str(REPO))
+    import statistics
+
+    from transformers import AutoTokenizer
+
+    from encoding_ita import _tokenised
+    from train import DataArguments, default_encoder, prepare_data
+
+    tokenizer = AutoTokenizer.from_pretrained(default_encoder())
+    measured = {}
+    for dataset, path in shards.items():
+        for cell, spec in CELLS.items():
+            if not spec["context"] or dataset not in SUITES[args.suite]["cells"].get(cell, []):
+                continue
+            data, _ = prepare_data(
+                DataArguments(dataset_path=path, context_columns=spec["context"], context_order=spec["context"])
+            )
+            lengths = sorted(
+                _tokenised(tokenizer, row["tokens"], row["visual_context"]).context_length
+                for split in data.values()
+                for row in split.select_columns(["tokens", "visual_context"])
+            )
+            measured.setdefault(dataset, {})[cell] = {
+                "tweets": len(lengths),
+                "median": statistics.median(lengths),
+                "p95": lengths[int(0.95 * (len(lengths) - 1))],
+                "max": lengths[-1],
+                "share_within": {str(b): round(sum(n <= b for n in lengths) / len(lengths), 4) for b in budgets},
+            }
+            print(dataset, cell, measured[dataset][cell], flush=True)
+    with _lock:
+        results = load(args.out)
+        results["context_tokens"] = {"encoder": default_encoder(), "splits": "train + validation + test", **measured}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def budget_sweep(shards: dict[str, str], budgets: list[int], args: argparse.Namespace) -> None:
     """Tests every finished run whose context holds knowledge again with smaller sub-token budgets.
 
@@ -401,6 +445,13 @@ def main() -> None:
     parser.add_argument(
         "--budget-sweep", nargs="+", type=int, metavar="TOKENS", help="test the knowledge runs again at these budgets"
     )
+    parser.add_argument(
+        "--context-lengths",
+        nargs="+",
+        type=int,
+        metavar="TOKENS",
+        help="count each cell's context sub-tokens, and the share of tweets within these budgets",
+    )
     args = parser.parse_args()
     suite = SUITES[args.suite]
     args.out = args.out or suite["out"]
@@ -410,6 +461,9 @@ def main() -> None:
     shards = dict(item.split("=", 1) for item in args.shards)
     if args.budget_sweep:
         budget_sweep(shards, args.budget_sweep, args)
+        return
+    if args.context_lengths:
+        context_lengths(shards, args.context_lengths, args)
         return
     if args.step_ratio:
         result = step_ratio(next(iter(shards.values())), 10, args.batch_size, args.max_context_tokens)
