@@ -202,7 +202,7 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
     log = Path(args.work) / f"{dataset}-{cell}-seed{seed}.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     command = train_command(dataset, shards, cell, seed, output_dir, args)
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), os.getloadavg()
     reused = (output_dir / "train_results.json").is_file() and (output_dir / "test_results.json").is_file()
     if reused:
         print(f"reuse the finished training of {key} in {output_dir}", flush=True)
@@ -232,6 +232,8 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         run.update(tested[suite["eval_contexts"][0]])
         run["tested_with"] = tested
     run.update(wall_seconds=round(wall, 1), exit_code=code, command=" && ".join(commands), threads=args.threads)
+    # The machine is shared: the load says how far this run's seconds per epoch can be compared with another's.
+    run["load_average"] = {"start": [round(x, 2) for x in load_at_start], "end": [round(x, 2) for x in os.getloadavg()]}
     with _lock:
         results = load(args.out)
         same = [r for r in results["runs"] if all(r.get(k) == key[k] for k in ("dataset", "cell", "seed"))]
