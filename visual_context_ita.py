@@ -293,8 +293,7 @@ def contexts_for_tweets(
         One `VisualContext` per tweet; an empty one, without errors, for a tweet with no image or id.
     """
     contexts: list[VisualContext | None] = [None] * len(tweets)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    chosen: dict[tuple[int, ...], list[Aligner]] = {}
+    groups: dict[tuple[Aligner, ...], list[int]] = {}
     for index, tweet in enumerate(tweets):
         if tweet.image is None and tweet.image_id is None:
             contexts[index] = _empty_context()
@@ -304,11 +303,12 @@ def contexts_for_tweets(
         if not readers or (tweet.image is None and all(a.needs_images for a in readers)):
             contexts[index] = _empty_context(_why_unread(tweet, group, live_aligners, no_aligners))
             continue
-        key = tuple(id(aligner) for aligner in group)
-        chosen[key] = group
+        # The aligner objects themselves (hashed by identity): a cache entry holds them, so a new aligner can never
+        # take over the id of one whose contexts are still kept.
+        key = tuple(group)
         groups.setdefault(key, []).append(index)
     for key, indices in groups.items():
-        group = chosen[key]
+        group = list(key)
         needs_pixels, needs_text = any(a.needs_images for a in group), any(a.needs_text for a in group)
         # An image id matters only to precomputed aligners: without them, one picture is one picture however named.
         needs_id = any(a.precomputed for a in group)

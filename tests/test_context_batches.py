@@ -149,3 +149,27 @@ def test_the_cache_is_bounded_and_drops_the_least_recently_used():
         ContextCache(-1)
     with pytest.raises(ValueError, match="cache size must be an int >= 0"):
         ContextCache(True)
+
+
+def test_a_cached_context_is_never_handed_to_a_new_aligner_that_took_an_old_ones_place():
+    """Contexts are kept by the aligners that made them: a new aligner, even one built in a freed one's memory (the
+    same `id` in CPython), aligns the image itself."""
+    from visual_context_ita import TweetImage, VisualContextBuilder, contexts_for_tweets
+
+    class Constant(Widths):
+        def __init__(self, word):
+            super().__init__()
+            self.word = word
+
+        def align(self, images, image_ids=None):
+            self.calls.append(len(images))
+            return [{"caption": [self.word]} for _ in images]
+
+    cache, builder = ContextCache(8), VisualContextBuilder()
+    tweet = [TweetImage(IMAGES[0], None, "a tweet")]
+    for word in ("first", "second", "third"):
+        aligner = Constant(word)
+        [context] = contexts_for_tweets(tweet, [aligner], [], builder, lambda image: image, cache)
+        assert context.text == word and aligner.calls == [1]
+        del aligner  # frees its memory for the next one, unless the cache still holds it
+    assert len(cache) == 3
