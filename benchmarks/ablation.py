@@ -92,6 +92,11 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"reference": REFERENCE, "runs": []}
 
 
+def save(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def scores(scores_dir: Path) -> dict:
     """P/R/F1/strict F1 on test and dev, with context and text only, from a run's results files."""
     result = {}
@@ -247,8 +252,7 @@ def run_cell(dataset: str, shards: str, cell: str, seed: int, args: argparse.Nam
         }
         results["settings"]["cells"] = {name: CELLS[name] for name in suite["cells"]}
         results["runs"].append(run)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        save(args.out, results)
     print(
         f"done {key}: test F1 with context {run['test']['with_context']['f1']}, text only "
         f"{run['test']['text_only']['f1']}, {wall / 60:.1f} min",
@@ -337,8 +341,7 @@ def context_lengths(shards: dict[str, str], budgets: list[int], args: argparse.N
     with _lock:
         results = load(args.out)
         results["context_tokens"] = {"encoder": default_encoder(), "splits": "train + validation + test", **measured}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        save(args.out, results)
 
 
 def budget_sweep(shards: dict[str, str], budgets: list[int], args: argparse.Namespace) -> None:
@@ -371,7 +374,7 @@ def budget_sweep(shards: dict[str, str], budgets: list[int], args: argparse.Name
                 results = load(args.out)
                 [stored] = [r for r in results["runs"] if all(r[k] == run[k] for k in ("dataset", "cell", "seed"))]
                 stored.setdefault("test_with_budget", {})[str(budget)] = scores(copy / "eval")["test"]
-                args.out.write_text(json.dumps(results, indent=2) + "\n")
+                save(args.out, results)
             print(f"{model.name} at {budget} sub-tokens: {scores(copy / 'eval')['test']}", flush=True)
 
 
